@@ -1,0 +1,146 @@
+"""Experiment settings: one frozen, validated object per job kind.
+
+These are the contract between the job system and the science. The scheduler stores
+them on the job row (as JSON) and the science writes them as `config.json` beside a
+run's outputs. Pure pydantic: importing this module must not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+ModelName = Literal["dcgan", "cgan", "esrgan", "zerodce"]
+Precision = Literal["auto", "no", "fp16", "bf16"]
+EnhanceMethod = Literal["lime", "gamma", "he", "clahe", "zerodce", "bicubic", "esrgan"]
+
+
+class PhantomSpec(_Frozen):
+    """The bundled procedural dataset: seeded, any size, two classes with lesion masks."""
+
+    count: int = Field(512, ge=4, le=1_000_000, description="number of images")
+    size: int = Field(64, ge=16, le=1024, description="image side in pixels")
+    seed: int = Field(0, ge=0)
+    lesion_fraction: float = Field(0.5, ge=0.0, le=1.0, description="share of images with lesions")
+
+
+class TrainConfig(_Frozen):
+    """A training run. `dataset` is either the phantom spec or a local directory the worker resolved."""
+
+    model: ModelName = "cgan"
+    image_size: int = Field(32, description="training resolution (power of two, 32..256)")
+    channels: int = Field(1, ge=1, le=3)
+    num_classes: int = Field(2, ge=1, le=1000, description="1 means unconditional")
+    with_masks: bool = Field(False, description="generator emits a lesion-mask channel")
+    phantom: PhantomSpec | None = Field(default_factory=PhantomSpec)
+    steps: int = Field(200, ge=1, le=10_000_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr_g: float = Field(2e-4, gt=0, le=1)
+    lr_d: float = Field(2e-4, gt=0, le=1)
+    z_dim: int = Field(128, ge=8, le=1024)
+    base_channels: int = Field(64, ge=8, le=1024, description="width of the networks")
+    loss: Literal["hinge", "nonsaturating"] = "hinge"
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (0: off)")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    diffaug: str = Field("translation,cutout", description="DiffAugment policy, comma separated; '' for none")
+    checkpoint_every: int = Field(100, ge=1)
+    sample_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept on disk")
+    seed: int = Field(0, ge=0)
+    deterministic: bool = Field(False, description="bitwise-reproducible kernels (slower)")
+    mixed_precision: Precision = "auto"
+    sr_scale: Literal[2, 4] = Field(4, description="super-resolution factor (esrgan only)")
+    perceptual_weights: str | None = Field(None, description="local VGG weights file for SR perceptual loss")
+
+    @field_validator("image_size")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v < 16 or v > 256 or v & (v - 1):
+            raise ValueError("image_size must be a power of two between 16 and 256")
+        return v
+
+    @field_validator("diffaug")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        allowed = {"color", "translation", "cutout"}
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        bad = [p for p in parts if p not in allowed]
+        if bad:
+            raise ValueError(f"unknown DiffAugment policy {bad}; choose from {sorted(allowed)}")
+        return ",".join(parts)
+
+
+class GenerateConfig(_Frozen):
+    """Sampling from a trained generator. Image i is a pure function of (checkpoint, seed, i)."""
+
+    count: int = Field(64, ge=1, le=10_000_000)
+    seed: int = Field(0, ge=0)
+    class_counts: dict[int, int] | None = Field(
+        None, description="images per class label; default: balanced over the model's classes"
+    )
+    bit_depth: Literal[8, 16] = 8
+    with_masks: bool = False
+    batch_size: int = Field(64, ge=1, le=4096)
+    use_ema: bool = True
+
+    @model_validator(mode="after")
+    def _counts_sum(self) -> "GenerateConfig":
+        if self.class_counts is not None:
+            if any(n < 0 for n in self.class_counts.values()) or any(k < 0 for k in self.class_counts):
+                raise ValueError("class_counts must be non-negative")
+            if sum(self.class_counts.values()) != self.count:
+                raise ValueError(
+                    f"class_counts sum to {sum(self.class_counts.values())}, but count is {self.count}"
+                )
+        return self
+
+
+class EnhanceConfig(_Frozen):
+    """Enhancement / super-resolution over a dataset. `None` knobs mean: choose automatically."""
+
+    method: EnhanceMethod = "lime"
+    gamma: float | None = Field(None, description="gamma on the illumination / image (> 0); auto if unset")
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="blend of enhanced over input")
+    alpha: float = Field(0.15, gt=0, le=10, description="LIME smoothness weight")
+    sigma: float = Field(2.0, gt=0, le=50, description="LIME strategy-III Gaussian sigma")
+    eps: float = Field(1e-3, gt=0, le=1)
+    solver: Literal["fast", "exact"] = "fast"
+    denoise: float | None = Field(None, ge=0, description="denoising strength (0: off; auto if unset)")
+    clip_limit: float = Field(0.01, gt=0, le=1, description="CLAHE clip limit")
+    scale: Literal[2, 4] = Field(4, description="super-resolution factor")
+    tile: int = Field(256, ge=32, le=4096, description="tile size for SR inference")
+    tile_overlap: int = Field(16, ge=0, le=256)
+    y_channel: bool = Field(True, description="score RGB on the Y channel (SR convention)")
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_positive(cls, v: float | None) -> float | None:
+        if v is not None and not (0 < v <= 10):
+            raise ValueError("gamma must be in (0, 10]")
+        return v
+
+
+class EvaluateConfig(_Frozen):
+    """Quality (FID/KID/PR) and utility (downstream classifier/segmenter) of a synthetic set."""
+
+    seeds: int = Field(3, ge=1, le=20)
+    real_per_class: int | None = Field(None, ge=1, description="limit real training images per class")
+    synthetic_per_class: int | None = Field(None, ge=1)
+    epochs: int = Field(15, ge=1, le=1000)
+    kid_subsets: int = Field(50, ge=1)
+    kid_subset_size: int = Field(100, ge=2)
+    feature_weights: str | None = Field(None, description="local Inception weights file (optional)")
+    segmentation: bool = True
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    # Added by the evaluation module (fields only added, none renamed):
+    image_size: int = Field(32, ge=8, le=512, description="side every image is resized to for features and utility")
+    channels: int = Field(1, ge=1, le=3, description="channels every image is converted to")
+    pr_k: int = Field(3, ge=1, le=50, description="k of the k-NN manifolds for precision/recall")
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples of the test images (0: off)")
+    batch_size: int = Field(32, ge=1, le=4096, description="batch size of the downstream networks")

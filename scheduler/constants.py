@@ -1,0 +1,38 @@
+"""Every constant of the job system in one place, each with its unit."""
+
+from __future__ import annotations
+
+# Celery queues: one per job kind so operators can dedicate workers (GPU vs CPU).
+QUEUE_TRAIN = "medgan.train"
+QUEUE_GENERATE = "medgan.generate"
+QUEUE_ENHANCE = "medgan.enhance"
+QUEUE_EVALUATE = "medgan.evaluate"
+QUEUES = {
+    "train": QUEUE_TRAIN,
+    "generate": QUEUE_GENERATE,
+    "enhance": QUEUE_ENHANCE,
+    "evaluate": QUEUE_EVALUATE,
+}
+TASK_NAMES = {kind: f"medgan.run_{kind}" for kind in (*QUEUES, "noop")}  # noop: overhead probe
+
+# Priorities: 0 is most urgent (Redis `queue_order_strategy='priority'` semantics), 9 least.
+PRIORITY_MIN = 0
+PRIORITY_MAX = 9
+PRIORITY_DEFAULT = 5
+
+# Store key prefixes (DESIGN.md "Store layout").
+PREFIX_DATASETS = "datasets"
+PREFIX_JOBS = "jobs"
+
+# Time, in seconds.
+HEARTBEAT_SECONDS = 5.0  # how often a running job renews its lease
+LEASE_SECONDS = 30.0  # a lease not renewed for this long is expired
+SWEEP_SECONDS = 5.0  # how often the sweeper runs
+RESEND_AFTER_SECONDS = 60.0  # a QUEUED job without a claim for this long has its message re-sent
+PROGRESS_POLL_SECONDS = 0.5  # how often the worker reads a subprocess's stats
+CANCEL_GRACE_SECONDS = 30.0  # SIGTERM → SIGKILL grace for a training subprocess
+
+MAX_ATTEMPTS = 3  # a job requeued this many times after lost leases is FAILED
+
+# Sizes, in bytes.
+UPLOAD_PART_SIZE = 16 * 1024 * 1024

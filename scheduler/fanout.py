@@ -1,0 +1,108 @@
+"""Bulk generation fanned out over every worker: a parent job and one child per shard.
+
+Image i of a generation is a pure function of (checkpoint, seed, i), so a shard is just a
+range of indices; children write under the parent's prefix, `jobs/<parent>/images/shard-NNNN/`.
+The parent finishes when its last child does, and writes one manifest for the whole set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from scheduler import states
+from scheduler.db import Artifact, Job, Status
+from scheduler.specs import GenerateSpec
+from scheduler.store import Store
+
+S = Status
+
+
+def shard_range(count: int, shards: int, index: int) -> tuple[int, int]:
+    """[start, stop) of shard `index` when `count` images are split into `shards` near-equal parts."""
+    base, extra = divmod(count, shards)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
+def plan_children(parent: Job, spec: GenerateSpec) -> list[Job]:
+    children = []
+    for i in range(spec.shards):
+        data = spec.model_copy(update={"shard_index": i, "name": f"{spec.name or 'generate'} shard {i}"})
+        children.append(
+            Job(
+                spec=data.model_dump(mode="json"), kind=parent.kind, owner=parent.owner, priority=parent.priority,
+                gpus=parent.gpus, queue=parent.queue, max_attempts=parent.max_attempts,
+                depends_on=list(parent.depends_on or []), name=data.name, parent_id=parent.id, shard_index=i,
+                status=S.QUEUED.value,
+            )
+        )
+    return children
+
+
+def output_prefix(job: Job) -> str:
+    """Where a generation's images go: its own prefix, or its parent's shard folder."""
+    if job.parent_id is not None and job.shard_index is not None:
+        return f"jobs/{job.parent_id}/images/shard-{job.shard_index:04d}"
+    return f"jobs/{job.id}/images"
+
+
+def parent_progress(session: Session, parent_id: str) -> tuple[int, int, dict[str, int]]:
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.parent_id == parent_id).group_by(Job.status)
+    ).all()
+    counts = {status: n for status, n in rows}
+    return counts.get(S.SUCCEEDED.value, 0), sum(counts.values()), counts
+
+
+def maybe_finish_parent(session: Session, store: Store, parent_id: str, actor: str) -> Job | None:
+    """After a child ends: update the parent's progress; when all children succeeded, write the
+    merged manifest and finish it; when one failed for good, fail the parent (others go on)."""
+    parent = session.get(Job, parent_id)
+    if parent is None or parent.status != S.RUNNING.value:
+        return None
+    done, total, counts = parent_progress(session, parent_id)
+    parent.progress = done / total if total else 0.0
+    parent.progress_step, parent.progress_total = done, total
+    failed = counts.get(S.FAILED.value, 0) + counts.get(S.CANCELLED.value, 0)
+    if failed and done + failed == total:
+        return states.transition(session, parent_id, S.FAILED, expect=[S.RUNNING], actor=actor,
+                                 reason=f"{failed} of {total} shards failed; `medgan jobs retry {parent_id}` "
+                                        "re-runs only those")
+    if done < total:
+        return None
+    key = f"jobs/{parent_id}/manifest.csv"
+    info = store.put_bytes(key, merged_manifest(session, store, parent_id))
+    session.add(Artifact(job_id=parent_id, key=info.key, size=info.size, sha256=info.sha256, kind="manifest"))
+    return states.transition(session, parent_id, S.SUCCEEDED, expect=[S.RUNNING], actor=actor)
+
+
+def merged_manifest(session: Session, store: Store, parent_id: str) -> bytes:
+    rows: list[dict[str, Any]] = []
+    children = session.execute(select(Job).where(Job.parent_id == parent_id).order_by(Job.shard_index)).scalars()
+    for child in children:
+        raw = store.get_bytes(f"{output_prefix(child)}/manifest.csv").decode()
+        rows.extend(csv.DictReader(io.StringIO(raw)))
+    rows.sort(key=lambda r: int(r["index"]))
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def retry_failed_children(session: Session, parent_id: str, actor: str) -> list[str]:
+    """Re-queue only the shards that did not succeed; finished shards are never redone."""
+    ids = []
+    for child in session.execute(
+        select(Job).where(Job.parent_id == parent_id, Job.status.in_([S.FAILED.value, S.CANCELLED.value]))
+    ).scalars():
+        states.transition(session, child.id, S.QUEUED, expect=[S(child.status)], actor=actor,
+                          reason="shard retried", values={"attempt": 0})
+        ids.append(child.id)
+    return ids

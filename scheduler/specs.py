@@ -1,0 +1,131 @@
+"""Job specs: what a user asks for, validated before anything is written.
+
+A spec wraps the science config of its kind (medgan.config) with what the job system needs:
+inputs (dataset keys, the job whose checkpoint to use), resources, priority, owner.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from medgan.config import EnhanceConfig, EvaluateConfig, GenerateConfig, TrainConfig
+from scheduler import constants as C
+from scheduler.errors import SpecError
+
+DATASET_KEY = re.compile(r"^datasets/[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,64}$")
+JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def _default_owner() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    owner: str = Field(default_factory=_default_owner, min_length=1, max_length=100)
+    priority: int = Field(C.PRIORITY_DEFAULT, ge=C.PRIORITY_MIN, le=C.PRIORITY_MAX, description="0 = most urgent")
+    gpus: int = Field(0, ge=0, le=64, description="cards leased for the job (0 = CPU)")
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    depends_on: list[str] = Field(default_factory=list, description="job ids that must SUCCEED first")
+
+    @field_validator("depends_on")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        for job_id in v:
+            if not JOB_ID.match(job_id):
+                raise ValueError(f"not a job id: {job_id!r}")
+        return v
+
+
+def _dataset_key(cls: type, v: str | None) -> str | None:
+    if v is not None and not DATASET_KEY.match(v):
+        raise ValueError(f"not a dataset key (datasets/<name>/<version>): {v!r}")
+    return v
+
+
+def _datasets(*fields: str) -> Any:
+    """A validator for the fields that hold dataset keys."""
+    return field_validator(*fields)(classmethod(_dataset_key))
+
+
+class TrainSpec(_Base):
+    kind: Literal["train"] = "train"
+    config: TrainConfig = Field(default_factory=TrainConfig)
+    dataset: str | None = Field(None, description="dataset key; None = the bundled phantom")
+    _v_dataset = _datasets("dataset")
+
+
+class GenerateSpec(_Base):
+    kind: Literal["generate"] = "generate"
+    config: GenerateConfig = Field(default_factory=GenerateConfig)
+    source_job: str | None = Field(None, description="the train job whose newest checkpoint samples")
+    shards: int = Field(1, ge=1, le=10_000)
+    shard_index: int | None = Field(None, ge=0, description="set on child jobs of a fan-out")
+
+    @field_validator("source_job")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is not None and not JOB_ID.match(v):
+            raise ValueError(f"not a job id: {v!r}")
+        return v
+
+
+class EnhanceSpec(_Base):
+    kind: Literal["enhance"] = "enhance"
+    config: EnhanceConfig = Field(default_factory=EnhanceConfig)
+    dataset: str = Field(..., description="dataset key of the images to enhance")
+    references: str | None = Field(None, description="dataset key of reference images (same file stems)")
+    source_job: str | None = Field(None, description="a zerodce/esrgan train job for learned methods")
+    _v_dataset = _datasets("dataset", "references")
+
+
+class EvaluateSpec(_Base):
+    kind: Literal["evaluate"] = "evaluate"
+    config: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    source_job: str = Field(..., description="the generate job whose images to judge")
+    dataset: str | None = Field(None, description="real images; None = the phantom the generator trained on")
+    _v_dataset = _datasets("dataset")
+
+
+class NoopSpec(_Base):
+    """Does nothing: measures the platform's own overhead (bench, tests)."""
+
+    kind: Literal["noop"] = "noop"
+    sleep: float = Field(0.0, ge=0, le=3600)
+    fail: str | None = None
+
+
+JobSpec = Annotated[
+    Union[TrainSpec, GenerateSpec, EnhanceSpec, EvaluateSpec, NoopSpec], Field(discriminator="kind")
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
+KINDS = ("train", "generate", "enhance", "evaluate", "noop")
+
+
+def parse_spec(data: dict[str, Any]) -> TrainSpec | GenerateSpec | EnhanceSpec | EvaluateSpec | NoopSpec:
+    """Validate a spec dict; SpecError carries one readable line per problem."""
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise SpecError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"] if not str(x) in KINDS)
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid spec: " + "; ".join(parts)

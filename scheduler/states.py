@@ -1,0 +1,180 @@
+"""The job state machine: the one module that changes a job's status.
+
+Every change is a compare-and-set UPDATE (`WHERE id = ? AND status IN (...)`) plus an event
+row, in the caller's transaction. A CAS that matches nothing returns None (someone else won
+the race: a duplicate delivery, a concurrent cancel); an edge the machine does not have
+raises IllegalTransition.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from scheduler.db import GpuLease, Job, JobEvent, Status, utcnow
+from scheduler.errors import IllegalTransition
+
+S = Status
+EDGES: dict[Status, frozenset[Status]] = {
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED, S.QUEUED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset({S.QUEUED}),  # an explicit `jobs retry`
+    S.CANCELLED: frozenset({S.QUEUED}),  # an explicit `jobs retry`
+}
+
+
+def check_edge(src: Status, dst: Status) -> None:
+    if dst not in EDGES[src]:
+        raise IllegalTransition(f"a job cannot go from {src.value} to {dst.value}")
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    to: Status,
+    *,
+    expect: Iterable[Status],
+    actor: str | None = None,
+    reason: str | None = None,
+    values: dict[str, Any] | None = None,
+    guard: Iterable[Any] = (),
+) -> Job | None:
+    """Move `job_id` from one of `expect` to `to`; returns the updated job, or None if the CAS lost.
+
+    `values` are extra columns set in the same UPDATE (lease owner, timestamps...); `guard` are
+    extra WHERE conditions of the compare-and-set (the lease owner, say).
+    """
+    expected = list(expect)
+    for src in expected:
+        check_edge(src, to)
+    now = utcnow()
+    cols: dict[str, Any] = {"status": to.value, "updated_at": now}
+    if to.terminal:
+        cols.update(finished_at=now, lease_owner=None, lease_expires_at=None)
+    if to is S.QUEUED:
+        cols.update(lease_owner=None, lease_expires_at=None, enqueued_at=now, cancel_requested=False)
+    if reason is not None and to in (S.FAILED, S.CANCELLED, S.QUEUED):
+        cols["message"] = reason
+    cols.update(values or {})
+    current = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+    if current is None:
+        return None
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([s.value for s in expected]), *guard)
+        .values(**cols)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        return None
+    session.add(JobEvent(job_id=job_id, from_status=current, to_status=to.value, actor=actor, reason=reason, at=now))
+    if to.terminal or to is S.QUEUED:
+        # Every way a job ends (or loses its run) frees its cards, in the same transaction.
+        session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
+    session.flush()
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def claim(
+    session: Session, job_id: str, *, owner: str, lease_seconds: float, gpus: list[tuple[str, int]] | None = None
+) -> Job | None:
+    """QUEUED → RUNNING for exactly one claimant; leases `gpus` (host, index) in the same transaction.
+
+    A duplicate delivery, or a job cancelled meanwhile, finds nothing to claim and gets None.
+    Cards already leased to another job make the primary key collide: the caller's transaction
+    fails as a whole (IntegrityError) and nothing is claimed.
+    """
+    now = utcnow()
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    claimed = transition(
+        session,
+        job_id,
+        S.RUNNING,
+        expect=[S.QUEUED],
+        actor=owner,
+        values={
+            "lease_owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "started_at": now,
+            "attempt": Job.attempt + 1,
+            "message": None,
+        },
+    )
+    if claimed is None:
+        return None
+    for host, index in gpus or []:
+        session.add(GpuLease(host=host, gpu_index=index, job_id=job_id, worker=owner, leased_at=now))
+    session.flush()
+    return claimed
+
+
+def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease if `owner` still holds it; False means the job was taken away (requeued, cancelled)."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_([S.RUNNING.value, S.CANCELLING.value]))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def finish(
+    session: Session, job_id: str, to: Status, *, owner: str, reason: str | None = None
+) -> Job | None:
+    """RUNNING/CANCELLING → terminal, only for the lease holder (a worker that lost its lease cannot finish)."""
+    return transition(
+        session, job_id, to, expect=[S.RUNNING, S.CANCELLING], actor=owner, reason=reason,
+        guard=[Job.lease_owner == owner],
+    )
+
+
+def request_cancel(session: Session, job_id: str, *, actor: str | None = None) -> Job | None:
+    """QUEUED → CANCELLED at once; RUNNING → CANCELLING (the worker stops it); terminal: unchanged."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    status = Status(job.status)
+    if status is S.QUEUED:
+        return transition(session, job_id, S.CANCELLED, expect=[S.QUEUED], actor=actor, reason="cancelled by user")
+    if status is S.RUNNING:
+        return transition(
+            session, job_id, S.CANCELLING, expect=[S.RUNNING], actor=actor,
+            reason="cancel requested", values={"cancel_requested": True},
+        )
+    return job
+
+
+def requeue_expired(session: Session, now: datetime, *, actor: str) -> list[tuple[str, Status]]:
+    """Jobs whose lease expired: back to QUEUED (attempt < max) or FAILED. Returns (id, new status)."""
+    rows = session.execute(
+        select(Job.id, Job.attempt, Job.max_attempts, Job.status, Job.lease_owner).where(
+            Job.status.in_([S.RUNNING.value, S.CANCELLING.value]), Job.lease_expires_at < now
+        )
+    ).all()
+    out: list[tuple[str, Status]] = []
+    for job_id, attempt, max_attempts, status, lease_owner in rows:
+        src = Status(status)
+        why = f"lease of {lease_owner} expired"
+        if src is S.CANCELLING:
+            to, reason = S.CANCELLED, f"{why} while cancelling"
+        elif attempt >= max_attempts:
+            to, reason = S.FAILED, f"{why}; gave up after {attempt} attempts"
+        else:
+            to, reason = S.QUEUED, f"{why}; requeued (attempt {attempt + 1} of {max_attempts})"
+        # CAS on the old lease owner and expiry too, so a lease renewed in between is left alone.
+        job = transition(
+            session, job_id, to, expect=[src], actor=actor, reason=reason,
+            guard=[Job.lease_owner == lease_owner, Job.lease_expires_at < now],
+        )
+        if job is not None:
+            out.append((job_id, to))
+    return out
+
