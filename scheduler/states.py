@@ -56,6 +56,8 @@ def transition(
     cols: dict[str, Any] = {"status": to.value, "updated_at": now}
     if to.terminal:
         cols.update(finished_at=now, lease_owner=None, lease_expires_at=None)
+    if to is S.SUCCEEDED:
+        cols["progress"] = 1.0
     if to is S.QUEUED:
         cols.update(lease_owner=None, lease_expires_at=None, enqueued_at=now, cancel_requested=False)
     if reason is not None and to in (S.FAILED, S.CANCELLED, S.QUEUED):

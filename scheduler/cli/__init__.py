@@ -1,0 +1,57 @@
+"""The `medgan` command line: one typer app per area, joined here.
+
+Importing this module must stay cheap (no torch, no celery): `medgan --help` answers fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from scheduler.cli import jobs as jobs_cli
+from scheduler.cli import ops, submit
+from scheduler.cli._common import err_console
+
+app = typer.Typer(
+    name="medgan",
+    help="A GPU job system for GAN research on medical images: train, generate, enhance, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.registered_commands += submit.app.registered_commands
+app.registered_commands += ops.app.registered_commands
+app.add_typer(jobs_cli.app, name="jobs")
+app.add_typer(ops.db_app, name="db")
+
+
+def _register_late() -> None:
+    # Areas that live in their own modules; imported here so their commands join the app.
+    from scheduler.cli import demo, pipeline, report  # noqa: F401
+
+    app.registered_commands += demo.app.registered_commands
+    app.registered_commands += report.app.registered_commands
+    app.add_typer(pipeline.app, name="pipeline")
+
+
+_register_late()
+
+
+def main() -> None:
+    """Console entry point: usage errors, like user errors, are one line and exit code 1."""
+    try:
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        err_console.print(f"[bold red]error:[/] {exc.format_message()}{hint}", highlight=False)
+        sys.exit(1)
+    except click.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,138 @@
+"""Operating the system: `medgan db …`, `medgan worker`, `medgan scheduler`, `medgan status`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from scheduler import constants as C
+from scheduler.cli._common import command, console, fail, jobs_table, print_json
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True, add_completion=False)
+app = typer.Typer(add_completion=False)
+
+
+def _settings():  # noqa: ANN202
+    from scheduler.settings import get_settings
+
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic's message names the bad variable
+        fail(f"bad settings: {str(exc).splitlines()[0]} ({' '.join(str(exc).split())[:300]})")
+
+
+def _db_errors(fn: Any) -> Any:
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return fn()
+    except OperationalError as exc:
+        fail(f"cannot reach the database: {str(exc.orig or exc).splitlines()[0]}")
+
+
+@command(db_app, "upgrade")
+def upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Migrate the database schema up (creates it on first use)."""
+    from scheduler import migrate
+
+    settings = _settings()
+    _db_errors(lambda: migrate.upgrade(settings, revision))
+    console.print(f"database at revision {_db_errors(lambda: migrate.current(settings))}")
+
+
+@command(db_app, "downgrade")
+def downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. -1 or base")]) -> None:
+    """Migrate the database schema down."""
+    from scheduler import migrate
+
+    settings = _settings()
+    _db_errors(lambda: migrate.downgrade(settings, revision))
+    console.print(f"database at revision {_db_errors(lambda: migrate.current(settings))}")
+
+
+@command(db_app, "current")
+def current() -> None:
+    """Print the schema revision."""
+    from scheduler import migrate
+
+    print(_db_errors(lambda: migrate.current(_settings())))
+
+
+@command(app, "worker")
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues to consume")] = ",".join(C.QUEUES.values()),
+    gpus: Annotated[Optional[str], typer.Option(help="cards this worker owns: 0,1,2 | none | all (default)")] = None,
+    fake_gpus: Annotated[bool, typer.Option("--fake-gpus", help="the --gpus cards do not exist: run leased "
+                                                                 "jobs as CPU processes (tests, laptops)")] = False,
+    concurrency: Annotated[Optional[int], typer.Option(help="jobs at once (default: one per card, else 1)")] = None,
+    hostname: Annotated[Optional[str], typer.Option(help="host name for GPU leases (default: this machine)")] = None,
+    loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
+) -> None:
+    """Start a worker: claims jobs from the queues and runs them on its cards."""
+    from scheduler.jobs import check_database
+    from worker.app import start_worker
+    from worker.gpus import Inventory, parse_gpus
+    from worker.runtime import default_host
+
+    settings = _settings()
+    check_database(settings)
+    try:
+        cards = parse_gpus(gpus)
+    except ValueError as exc:
+        fail(str(exc))
+    unknown = [q for q in queues.split(",") if q not in C.QUEUES.values()]
+    if unknown:
+        fail(f"unknown queue(s) {unknown}; choose from {', '.join(C.QUEUES.values())}")
+    inv = Inventory(host=hostname or default_host(), cards=tuple(cards), fake=fake_gpus)
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_worker(settings, inv, queues.split(","), concurrency or max(1, len(cards)), loglevel=loglevel)
+
+
+@command(app, "scheduler")
+def scheduler(
+    metrics_port: Annotated[Optional[int], typer.Option(help="serve Prometheus /metrics on this port")] = None,
+    once: Annotated[bool, typer.Option("--once", help="sweep once and exit")] = False,
+) -> None:
+    """Run the sweeper: requeue expired leases, re-send lost messages, finish fan-outs."""
+    from scheduler.jobs import check_database
+    from scheduler.sweeper import run_forever, sweep_once
+
+    settings = _settings()
+    check_database(settings)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if once:
+        print_json(sweep_once(settings))
+        return
+    if metrics_port is not None:
+        from scheduler.metrics import serve_metrics
+
+        serve_metrics(settings, metrics_port)
+    run_forever(settings)
+
+
+@command(app, "status")
+def status(json_: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Cluster overview: workers, cards busy/free per host, queue depth, running jobs."""
+    from scheduler.overview import cluster_status
+
+    data = cluster_status(_settings())
+    if json_:
+        print_json(data)
+        return
+    hosts = Table(title="hosts")
+    for col in ("host", "workers", "cards", "busy", "free"):
+        hosts.add_column(col)
+    for h in data["hosts"]:
+        hosts.add_row(h["host"], str(len(h["workers"])), ",".join(map(str, h["cards"])) or "-",
+                      ",".join(map(str, h["busy"])) or "-", ",".join(map(str, h["free"])) or "-")
+    console.print(hosts)
+    queues = Table(title="queues")
+    for col in ("queue", "queued", "running"):
+        queues.add_column(col)
+    for q in data["queues"]:
+        queues.add_row(q["queue"], str(q["queued"]), str(q["running"]))
+    console.print(queues)
+    console.print(jobs_table(data["running"], title="running jobs"))

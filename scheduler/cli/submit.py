@@ -1,0 +1,197 @@
+"""Submitting jobs: `medgan train|generate|enhance|evaluate|submit`.
+
+Options left unset keep the config's defaults (or the values of `--config FILE`); `--set k=v`
+reaches any config field. Everything is validated before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from scheduler.cli._common import command, console, err_console, fail, follow, print_json
+from scheduler.errors import MedganUserError
+
+app = typer.Typer(add_completion=False)
+
+# Options shared by every submission command.
+Gpus = Annotated[Optional[int], typer.Option(help="GPUs to lease for the job (0 = CPU)")]
+Priority = Annotated[Optional[int], typer.Option(help="0 (most urgent) … 9; default 5")]
+Name = Annotated[Optional[str], typer.Option(help="a name to find the job by")]
+Owner = Annotated[Optional[str], typer.Option(help="who the job counts against (quotas); default: you")]
+IdemKey = Annotated[Optional[str], typer.Option("--idempotency-key", help="a repeated key returns the same job")]
+After = Annotated[Optional[list[str]], typer.Option("--after", help="job id that must succeed first (repeatable)")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="JSON or YAML file of config fields")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="config field as key=value (repeatable)")]
+Wait = Annotated[bool, typer.Option("--wait", help="follow the job with a progress bar until it ends")]
+Json = Annotated[bool, typer.Option("--json", help="print the job as JSON")]
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise MedganUserError(f"file does not exist: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise MedganUserError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise MedganUserError(f"{path} must hold a mapping of fields")
+    return data
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise MedganUserError(f"--set takes key=value, not {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def build_config(file: Path | None, sets: list[str] | None, **options: Any) -> dict[str, Any]:
+    config = load_file(file) if file else {}
+    config.update({k: v for k, v in options.items() if v is not None})
+    config.update(parse_sets(sets))
+    return config
+
+
+def do_submit(kind: str, config: dict[str, Any], *, wait: bool, as_json: bool, idempotency_key: str | None,
+              **fields: Any) -> None:
+    from scheduler.client import Client
+
+    client = Client()
+    fields["depends_on"] = fields.pop("after", None) or None
+    job = client.submit(kind, config=config, idempotency_key=idempotency_key, **fields)
+    if wait:
+        job = follow(client, job["id"], quiet=as_json)
+    if as_json:
+        print_json(job)
+    elif not wait:
+        err_console.print(f"submitted {job['kind']} job [bold]{job['id']}[/] ({job['status']})")
+        print(job["id"])  # alone on stdout, for scripts: id=$(medgan train …)
+    else:
+        console.print(f"job [bold]{job['id']}[/] {job['status']}" + (f": {job['message']}" if job["message"] else ""))
+    if wait and job["status"] != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@command(app, "train")
+def train(
+    model: Annotated[Optional[str], typer.Option(help="cgan | dcgan | esrgan | zerodce")] = None,
+    data: Annotated[Optional[str], typer.Option(help="local image folder/file (uploaded) or a dataset key; "
+                                                     "default: the bundled phantom")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="training resolution, power of two 16..256")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimisation steps")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="images per step (all processes)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate of G and D")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="steps between checkpoints")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="steps between sample grids")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="also synthesise lesion masks")] = None,
+    gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
+    idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
+    wait: Wait = False, json_: Json = False,
+) -> None:
+    """Train a generator (synthesis GAN, SR GAN or learned enhancer)."""
+    cfg = build_config(config, set_, model=model, image_size=image_size, steps=steps, batch_size=batch_size,
+                       lr_g=lr, lr_d=lr, checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
+                       with_masks=masks)
+    do_submit("train", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, dataset=data, gpus=gpus,
+              priority=priority, name=name, owner=owner, after=after)
+
+
+@command(app, "generate")
+def generate(
+    source: Annotated[str, typer.Option("--from", help="the train job whose newest checkpoint samples")],
+    count: Annotated[Optional[int], typer.Option(help="number of images")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="split into this many child jobs over all workers")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="sampling seed: image i depends only on (seed, i)")] = None,
+    bit_depth: Annotated[Optional[int], typer.Option(help="PNG bit depth, 8 or 16")] = None,
+    masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="write lesion masks")] = None,
+    class_counts: Annotated[Optional[str], typer.Option(help="images per class, e.g. 0=500,1=500")] = None,
+    gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
+    idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
+    wait: Wait = False, json_: Json = False,
+) -> None:
+    """Sample synthetic images (with provenance and a manifest) from a trained generator."""
+    counts = None
+    if class_counts:
+        try:
+            counts = {int(k): int(v) for k, v in (p.split("=") for p in class_counts.split(","))}
+        except ValueError:
+            fail(f"--class-counts takes label=count pairs like 0=500,1=500, not {class_counts!r}")
+    cfg = build_config(config, set_, count=count, seed=seed, bit_depth=bit_depth, with_masks=masks,
+                       class_counts=counts)
+    if counts and count is None and "count" not in cfg:
+        cfg["count"] = sum(counts.values())
+    do_submit("generate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, source_job=source,
+              shards=shards, gpus=gpus, priority=priority, name=name, owner=owner, after=after)
+
+
+@command(app, "enhance")
+def enhance(
+    input_: Annotated[str, typer.Option("--input", help="local image folder/file (uploaded) or a dataset key")],
+    reference: Annotated[Optional[str], typer.Option(help="reference images (same file names) for PSNR/SSIM")] = None,
+    method: Annotated[Optional[str], typer.Option(help="lime | gamma | he | clahe | zerodce | bicubic | esrgan")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="gamma (> 0); automatic when unset")] = None,
+    strength: Annotated[Optional[float], typer.Option(help="blend of enhanced over input, 0..1")] = None,
+    denoise: Annotated[Optional[float], typer.Option(help="denoising strength (0 = off); automatic when unset")] = None,
+    solver: Annotated[Optional[str], typer.Option(help="LIME solver: fast | exact")] = None,
+    scale: Annotated[Optional[int], typer.Option(help="super-resolution factor, 2 or 4")] = None,
+    model_job: Annotated[Optional[str], typer.Option("--model", help="train job of a zerodce/esrgan model")] = None,
+    gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
+    idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
+    wait: Wait = False, json_: Json = False,
+) -> None:
+    """Enhance (low-light, super-resolution) a set of images and score them."""
+    cfg = build_config(config, set_, method=method, gamma=gamma, strength=strength, denoise=denoise, solver=solver,
+                       scale=scale)
+    do_submit("enhance", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, dataset=input_,
+              references=reference, source_job=model_job, gpus=gpus, priority=priority, name=name, owner=owner,
+              after=after)
+
+
+@command(app, "evaluate")
+def evaluate(
+    source: Annotated[str, typer.Option("--from", help="the generate job whose images to judge")],
+    real: Annotated[Optional[str], typer.Option(help="real images (default: the phantom the GAN trained on)")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="seeds per utility arm")] = None,
+    real_per_class: Annotated[Optional[int], typer.Option(help="real training images per class")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="epochs of each downstream model")] = None,
+    gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
+    idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
+    wait: Wait = False, json_: Json = False,
+) -> None:
+    """Judge synthetic images: FID/KID/precision-recall and downstream utility."""
+    cfg = build_config(config, set_, seeds=seeds, real_per_class=real_per_class, epochs=epochs)
+    do_submit("evaluate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, source_job=source,
+              dataset=real, gpus=gpus, priority=priority, name=name, owner=owner, after=after)
+
+
+@command(app, "submit")
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="a JSON or YAML job spec with a `kind` field")],
+    idempotency_key: IdemKey = None, wait: Wait = False, json_: Json = False,
+) -> None:
+    """Submit a job spec from a file (any kind)."""
+    spec = load_file(spec_file)
+    kind = spec.pop("kind", None)
+    from scheduler.specs import KINDS
+
+    if kind not in KINDS:
+        fail(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
+    config = spec.pop("config", None) or {}
+    do_submit(kind, config, wait=wait, as_json=json_, idempotency_key=idempotency_key, **spec)

@@ -1,0 +1,48 @@
+"""The cluster at a glance (for `medgan status` and the Prometheus endpoint), read from the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from scheduler import constants as C
+from scheduler.db import GpuLease, Job, Status, Worker, session_scope
+from scheduler.jobs import check_database, job_dict
+from scheduler.settings import Settings
+
+
+def cluster_status(settings: Settings) -> dict[str, Any]:
+    check_database(settings)
+    with session_scope(settings.db_url) as s:
+        workers = s.execute(select(Worker).order_by(Worker.host, Worker.name)).scalars().all()
+        leases = s.execute(select(GpuLease.host, GpuLease.gpu_index, GpuLease.job_id)).all()
+        counts = s.execute(
+            select(Job.queue, Job.status, func.count()).group_by(Job.queue, Job.status)
+        ).all()
+        by_status = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        running = [job_dict(j) for j in s.execute(
+            select(Job).where(Job.status.in_([Status.RUNNING.value, Status.CANCELLING.value]),
+                              Job.lease_owner.is_not(None)).order_by(Job.started_at)
+        ).scalars()]
+    hosts: dict[str, dict[str, Any]] = {}
+    for w in workers:
+        h = hosts.setdefault(w.host, {"host": w.host, "workers": [], "cards": set()})
+        h["workers"].append({"name": w.name, "queues": w.queues, "gpus": w.gpus,
+                             "last_seen": w.last_seen.isoformat()})
+        h["cards"].update(w.gpus or [])
+    busy: dict[str, set[int]] = {}
+    for host, idx, _job in leases:
+        busy.setdefault(host, set()).add(idx)
+    out_hosts = []
+    for name, h in sorted(hosts.items()):
+        cards = sorted(h["cards"])
+        b = sorted(busy.get(name, set()) & set(cards))
+        out_hosts.append({"host": name, "workers": h["workers"], "cards": cards, "busy": b,
+                          "free": [c for c in cards if c not in b]})
+    queues = []
+    for q in C.QUEUES.values():
+        queued = sum(n for qq, st, n in counts if qq == q and st == Status.QUEUED.value)
+        run = sum(n for qq, st, n in counts if qq == q and st in (Status.RUNNING.value, Status.CANCELLING.value))
+        queues.append({"queue": q, "queued": queued, "running": run})
+    return {"hosts": out_hosts, "queues": queues, "jobs_by_status": by_status, "running": running}

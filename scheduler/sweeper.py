@@ -1,0 +1,65 @@
+"""The sweeper (`medgan scheduler`): the broker may lose or duplicate messages, the database may not.
+
+Every `sweep_seconds` it
+- requeues RUNNING jobs whose lease expired (attempt + 1, up to the limit, then FAILED),
+- re-sends messages for QUEUED jobs that were never sent or whose message looks lost,
+- finishes fan-out parents whose children all ended (if the last child's worker died first),
+- forgets workers not seen for a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+
+from scheduler import fanout, states
+from scheduler.db import Job, Status, Worker, session_scope, utcnow
+from scheduler.jobs import dispatch_ready
+from scheduler.settings import Settings
+from scheduler.store import Store, make_store
+
+log = logging.getLogger("medgan.sweeper")
+ACTOR = "sweeper"
+
+
+def sweep_once(settings: Settings, store: Store | None = None) -> dict[str, int]:
+    now = utcnow()
+    store = store or make_store(settings)
+    with session_scope(settings.db_url) as s:
+        moved = states.requeue_expired(s, now, actor=ACTOR)
+        parents = {
+            pid for (pid,) in s.execute(
+                select(Job.parent_id).where(Job.id.in_([m[0] for m in moved]), Job.parent_id.is_not(None))
+            )
+        } if moved else set()
+        running_parents = s.execute(
+            select(Job.id).where(Job.status == Status.RUNNING.value, Job.lease_expires_at.is_(None),
+                                 Job.id.in_(select(Job.parent_id).where(Job.parent_id.is_not(None))))
+        ).scalars().all()
+        for pid in set(running_parents) | parents:
+            fanout.maybe_finish_parent(s, store, pid, actor=ACTOR)
+        stale = now - timedelta(seconds=max(60.0, 6 * settings.heartbeat_seconds))
+        gone = s.execute(delete(Worker).where(Worker.last_seen < stale)).rowcount
+    for job_id, to in moved:
+        log.warning("job %s: lease expired → %s", job_id, to.value)
+    requeued = [j for j, to in moved if to is Status.QUEUED]
+    sent = dispatch_ready(settings, requeued) if requeued else []
+    sent += dispatch_ready(settings)
+    return {"expired": len(moved), "requeued": len(requeued), "sent": len(sent), "workers_forgotten": gone or 0}
+
+
+def run_forever(settings: Settings, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    store = make_store(settings)
+    log.info("sweeper running every %.1fs (lease %.0fs)", settings.sweep_seconds, settings.lease_seconds)
+    while not stop.is_set():
+        try:
+            counts = sweep_once(settings, store)
+            if any(counts.values()):
+                log.info("sweep: %s", counts)
+        except Exception as exc:  # a database or broker blip: try again next round
+            log.warning("sweep failed: %s", exc)
+        stop.wait(settings.sweep_seconds)

@@ -1,0 +1,75 @@
+"""Run a job's science in a watched subprocess and translate its run directory into job state.
+
+The child writes `stats.jsonl` (progress), `checkpoints/*/COMPLETE` and `result.json`
+(docs/INTERFACES.md); the worker reads them on every tick, uploads what is new, and stops
+the child (SIGTERM → final checkpoint) when the job is cancelled or its lease is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from worker.launcher import STOP, run_watched
+from worker.runtime import JobFailed, JobRun, JobStopped
+
+
+class StatsTail:
+    """Reads the lines appended to stats.jsonl since the last call."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # only whole lines; a half-written one waits for the next tick
+        self.offset += end
+        out = []
+        for line in data[:end].decode(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, str],
+                extra_tick: Callable[[], None] | None = None) -> dict:
+    """Run `cmd` until it ends; returns result.json. Raises JobFailed / JobStopped as the run ended."""
+    tail = StatsTail(run_dir / "stats.jsonl")
+    log_path = run.work_dir / "job.log"
+
+    def tick() -> str | None:
+        rows = tail.read()
+        for row in rows[-20:]:  # a burst after a slow tick: keep the newest points
+            run.progress(int(row.get("step", 0)), int(row.get("total", 0)), row, force=True)
+        if extra_tick is not None:
+            extra_tick()
+        return STOP if run.should_stop() else None
+
+    code = run_watched(cmd, env=env, log_path=log_path, on_tick=tick)
+    result_path = run_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else None
+    if run.should_stop():
+        raise JobStopped(run.stop_reason or "stopped")
+    if result is None:
+        raise JobFailed(f"the {run.kind} process exited with code {code} without a result: {_log_tail(log_path)}")
+    if result.get("status") == "failed":
+        raise JobFailed(result.get("reason") or f"the {run.kind} process failed (exit code {code})")
+    if code != 0:
+        raise JobFailed(f"the {run.kind} process exited with code {code}: {_log_tail(log_path)}")
+    return result
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    if not path.exists():
+        return "no log"
+    text = path.read_text(errors="replace").strip().splitlines()
+    interesting = [l for l in text if l.strip()][-lines:]
+    return " | ".join(interesting)[-800:] or "empty log"

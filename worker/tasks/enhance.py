@@ -1,0 +1,49 @@
+"""`enhance` jobs: a dataset in, enhanced images, per-image metrics and a summary out."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from worker.launcher import child_env
+from worker.runtime import JobFailed, JobRun
+from worker.subproc import run_science
+from worker.tasks._common import fetch_checkpoint, write_invocation
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".gz", ".npz"}
+
+
+def handle(run: JobRun) -> None:
+    spec = run.spec
+    data = run.dataset(spec.dataset)
+    inputs = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not inputs:
+        raise JobFailed(f"dataset {spec.dataset} holds no images")
+    refs = None
+    if spec.references:
+        ref_dir = run.dataset(spec.references)
+        refs = sorted(str(p) for p in ref_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    model_dir = None
+    if spec.config.method in ("zerodce", "esrgan"):
+        if not spec.source_job:
+            raise JobFailed(f"method {spec.config.method} needs --model <train job id>")
+        model_dir = str(fetch_checkpoint(run, spec.source_job, run.work_dir / "model"))
+    out_dir = run.work_dir / "out"
+    inv = write_invocation(run, {
+        "run_dir": str(run.work_dir / "run"), "inputs": [str(p) for p in inputs], "out_dir": str(out_dir),
+        "references": refs, "model_dir": model_dir, "config": spec.config.model_dump(mode="json"),
+    })
+    cmd = [sys.executable, "-m", "worker.science", "enhance", str(inv)]
+    use_gpu = bool(run.cards) and not run.ctx.inventory.fake
+    run_science(run, cmd, run.work_dir / "run", child_env(run.cards if use_gpu else None))
+    if run.should_stop():
+        return
+    run.upload_tree(out_dir / "images", f"{run.prefix}/images", "image")
+    for name, kind in (("metrics.csv", "metrics"), ("summary.json", "summary")):
+        if (out_dir / name).exists():
+            run.upload(out_dir / name, f"{run.prefix}/{name}", kind)
+    summary_path = out_dir / "summary.json"
+    if summary_path.exists():
+        for name, value in json.loads(summary_path.read_text()).items():
+            if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
+                run.metric(f"{name}_mean", value["mean"])

@@ -1,0 +1,68 @@
+"""`evaluate` jobs: quality (FID/KID/precision-recall) and utility of a generate job's images."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from sqlalchemy import select
+
+from scheduler.db import Job, session_scope
+from worker.launcher import child_env
+from worker.runtime import JobFailed, JobRun
+from worker.subproc import run_science
+from worker.tasks._common import write_invocation
+
+
+def _training_phantom(run: JobRun, generate_job: str) -> dict | None:
+    """The phantom the generator was trained on (the default real set when no dataset is named)."""
+    with session_scope(run.settings.db_url) as s:
+        gen = s.execute(select(Job.spec).where(Job.id == generate_job)).scalar_one()
+        train = s.execute(select(Job.spec).where(Job.id == gen.get("source_job"))).scalar_one_or_none()
+    if train is None or train.get("dataset"):
+        return None
+    return train["config"].get("phantom")
+
+
+def handle(run: JobRun) -> None:
+    spec = run.spec
+    synth = run.work_dir / "synthetic"
+    n = 0
+    for obj in run.store.list(f"jobs/{spec.source_job}/"):
+        rel = obj.key[len(f"jobs/{spec.source_job}/"):]
+        if rel.startswith("images/") or rel == "manifest.csv":
+            run.store.get_file(obj.key, synth / rel)
+            n += 1
+    if n == 0:
+        raise JobFailed(f"generate job {spec.source_job} has no images in the store")
+    real_dir = run.dataset(spec.dataset) if spec.dataset else None
+    phantom = None if real_dir else _training_phantom(run, spec.source_job)
+    if real_dir is None and phantom is None:
+        raise JobFailed("no real data: name --real <dataset> (the generator did not train on the phantom)")
+    out_dir = run.work_dir / "out"
+    inv = write_invocation(run, {
+        "run_dir": str(run.work_dir / "run"), "synthetic_dir": str(synth), "out_dir": str(out_dir),
+        "real_dir": str(real_dir) if real_dir else None, "phantom": phantom,
+        "config": spec.config.model_dump(mode="json"),
+    })
+    cmd = [sys.executable, "-m", "worker.science", "evaluate", str(inv)]
+    use_gpu = bool(run.cards) and not run.ctx.inventory.fake
+    run_science(run, cmd, run.work_dir / "run", child_env(run.cards if use_gpu else None))
+    if run.should_stop():
+        return
+    run.upload_tree(out_dir, run.prefix, "evaluation")
+    metrics = out_dir / "metrics.json"
+    if metrics.exists():
+        for name, value in _flatten(json.loads(metrics.read_text())).items():
+            run.metric(name, value)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key[:100]] = float(v)
+    return out

@@ -1,0 +1,57 @@
+"""`train` jobs: resume from the newest stored checkpoint, launch `medgan.train` under accelerate
+on the leased cards, stream progress, upload checkpoints as they complete, then everything else."""
+
+from __future__ import annotations
+
+from worker.launcher import accelerate_command, child_env, free_port
+from worker.runtime import JobRun
+from worker.subproc import run_science
+from worker.tasks._common import fetch_checkpoint, newest_checkpoint
+
+
+def handle(run: JobRun) -> None:
+    spec = run.spec
+    run_dir = run.work_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # A requeued run resumes: its newest checkpoint comes back from the store (maybe another host).
+    if newest_checkpoint(run.store, run.job_id) is not None:
+        fetch_checkpoint(run, run.job_id, run_dir / "checkpoints")
+    (run_dir / "config.json").write_text(spec.config.model_dump_json(indent=2))
+    data_dir = run.dataset(spec.dataset) if spec.dataset else None
+
+    uploaded: set[str] = set()
+
+    def upload_new() -> None:
+        ckpts = run_dir / "checkpoints"
+        for marker in sorted(ckpts.glob("step-*/COMPLETE")) if ckpts.exists() else []:
+            name = marker.parent.name
+            if name not in uploaded:
+                # COMPLETE goes last, so a checkpoint in the store without it is never used.
+                run.upload_tree(marker.parent, f"{run.prefix}/checkpoints/{name}", "checkpoint",
+                                skip=lambda p: p.name == "COMPLETE")
+                run.upload(marker, f"{run.prefix}/checkpoints/{name}/COMPLETE", "checkpoint")
+                uploaded.add(name)
+        samples = run_dir / "samples"
+        for png in sorted(samples.glob("*.png")) if samples.exists() else []:
+            if png.name not in uploaded:
+                run.upload(png, f"{run.prefix}/samples/{png.name}", "sample")
+                uploaded.add(png.name)
+
+    nproc = max(1, len(run.cards))
+    args = ["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir)]
+    if data_dir is not None:
+        args += ["--data", str(data_dir)]
+    use_gpu = bool(run.cards) and not run.ctx.inventory.fake
+    cmd = accelerate_command("medgan.train", args, nproc, use_gpu, port=free_port() if nproc > 1 else None)
+    env = child_env(run.cards if use_gpu else None)
+    try:
+        result = run_science(run, cmd, run_dir, env, extra_tick=upload_new)
+    finally:
+        upload_new()  # a stopped or failed run still keeps its last checkpoint
+        for name, kind in (("config.json", "config"), ("stats.jsonl", "stats"), ("result.json", "result")):
+            if (run_dir / name).exists():
+                run.upload(run_dir / name, f"{run.prefix}/{name}", kind)
+        if (run.work_dir / "job.log").exists():
+            run.upload(run.work_dir / "job.log", f"{run.prefix}/train.log", "log")
+    run.progress(result.get("step", 0), spec.config.steps, force=True)
+    run.metric("final_step", result.get("step", 0))
