@@ -11,7 +11,10 @@ import logging
 from datetime import timedelta
 from typing import Any, Sequence
 
+from pathlib import Path
+
 from sqlalchemy import func, inspect, or_, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
@@ -31,6 +34,9 @@ S = Status
 
 def check_database(settings: Settings) -> None:
     """Fail with one clear line when the database is unreachable or not migrated."""
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise DatabaseUnavailable(f"database {url.database} does not exist: run `medgan db upgrade`")
     try:
         engine = get_engine(settings.db_url)
         with engine.connect() as conn:

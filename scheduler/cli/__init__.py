@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer with click installed
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from scheduler.cli import jobs as jobs_cli
 from scheduler.cli import ops, submit
@@ -44,13 +48,19 @@ def main() -> None:
     try:
         rv = app(standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.UsageError as exc:
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(0)
+    except UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        err_console.print(f"[bold red]error:[/] {exc.format_message()}{hint}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except click.Abort:
+    except ClickException as exc:
+        err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Abort:
         err_console.print("aborted")
         sys.exit(1)
     except KeyboardInterrupt:
