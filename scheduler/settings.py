@@ -17,7 +17,7 @@ from scheduler import constants as C
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEDGAN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MEDGAN_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     home: Path = Field(Path(".medgan"), description="root of the embedded database, broker and store")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under home")

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -60,7 +61,8 @@ class WorkerContext:
 
     @classmethod
     def create(cls, settings: Settings, inventory: Inventory, name: str | None = None) -> "WorkerContext":
-        return cls(settings, inventory, name or f"medgan{os.getpid()}@{inventory.host}")
+        # pid alone repeats across containers; the suffix keeps lease owners unique.
+        return cls(settings, inventory, name or f"medgan{os.getpid()}-{uuid.uuid4().hex[:4]}@{inventory.host}")
 
     def register(self, queues: list[str]) -> None:
         """Declare this worker (host, cards, queues) so submission and `medgan status` can see it."""

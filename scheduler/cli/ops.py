@@ -69,7 +69,7 @@ def worker(
                                                                  "jobs as CPU processes (tests, laptops)")] = False,
     concurrency: Annotated[Optional[int], typer.Option(help="jobs at once (default: one per card, else 1)")] = None,
     hostname: Annotated[Optional[str], typer.Option(help="host name for GPU leases (default: this machine)")] = None,
-    loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
+    loglevel: Annotated[Optional[str], typer.Option(help="log level (default: MEDGAN_LOG_LEVEL)")] = None,
 ) -> None:
     """Start a worker: claims jobs from the queues and runs them on its cards."""
     from scheduler.jobs import check_database
@@ -87,6 +87,7 @@ def worker(
     if unknown:
         fail(f"unknown queue(s) {unknown}; choose from {', '.join(C.QUEUES.values())}")
     inv = Inventory(host=hostname or default_host(), cards=tuple(cards), fake=fake_gpus)
+    loglevel = (loglevel or settings.log_level).upper()
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start_worker(settings, inv, queues.split(","), concurrency or max(1, len(cards)), loglevel=loglevel)
 
