@@ -66,15 +66,15 @@ STATUS_STYLE = {"QUEUED": "yellow", "RUNNING": "cyan", "CANCELLING": "magenta", 
 
 def jobs_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title)
-    for col in ("id", "kind", "status"):
+    for col in ("id", "kind", "status", "owner", "gpus", "progress", "duration"):
         table.add_column(col, no_wrap=True)
-    for col in ("name", "owner", "gpus", "progress", "duration", "message"):
-        table.add_column(col, overflow="fold")
+    for col in ("name", "message"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=36)
     for r in rows:
         style = STATUS_STYLE.get(r["status"], "")
-        table.add_row(r["id"], r["kind"], f"[{style}]{r['status']}[/]", r.get("name") or "", r.get("owner") or "",
+        table.add_row(r["id"], r["kind"], f"[{style}]{r['status']}[/]", r.get("owner") or "",
                       str(r.get("gpus", 0)), f"{100 * r.get('progress', 0):.0f}%", fmt_duration(r.get("duration_s")),
-                      (r.get("message") or "")[:80])
+                      r.get("name") or "", r.get("message") or "")
     return table
 
 
