@@ -51,6 +51,7 @@ class TrainConfig(_Frozen):
     diffaug: str = Field("translation,cutout", description="DiffAugment policy, comma separated; '' for none")
     checkpoint_every: int = Field(100, ge=1)
     sample_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1, description="steps between progress ticks (stats.jsonl, on_progress)")
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept on disk")
     seed: int = Field(0, ge=0)
     deterministic: bool = Field(False, description="bitwise-reproducible kernels (slower)")

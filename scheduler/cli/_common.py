@@ -66,15 +66,14 @@ STATUS_STYLE = {"QUEUED": "yellow", "RUNNING": "cyan", "CANCELLING": "magenta", 
 
 def jobs_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title)
-    for col in ("id", "kind", "status", "owner", "gpus", "progress", "duration"):
-        table.add_column(col, no_wrap=True)
-    for col in ("name", "message"):
-        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=36)
+    for col, width in (("id", 12), ("kind", 8), ("status", 14), ("time", 6)):
+        table.add_column(col, no_wrap=True, min_width=width)
+    table.add_column("message / name", no_wrap=True, overflow="ellipsis", max_width=24)
     for r in rows:
         style = STATUS_STYLE.get(r["status"], "")
-        table.add_row(r["id"], r["kind"], f"[{style}]{r['status']}[/]", r.get("owner") or "",
-                      str(r.get("gpus", 0)), f"{100 * r.get('progress', 0):.0f}%", fmt_duration(r.get("duration_s")),
-                      r.get("name") or "", r.get("message") or "")
+        pct = f" {100 * r.get('progress', 0):.0f}%" if r["status"] in ("RUNNING", "CANCELLING") else ""
+        table.add_row(r["id"], r["kind"], f"[{style}]{r['status']}[/]{pct}", fmt_duration(r.get("duration_s")),
+                      r.get("message") or r.get("name") or "")
     return table
 
 
