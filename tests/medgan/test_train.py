@@ -1,0 +1,167 @@
+"""GAN training through train(): run-dir layout, stop, divergence, CLI exit codes, and that
+training actually moves the generator toward the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medgan import gan_loop
+from medgan.callbacks import Callbacks
+from medgan.checkpoint import latest_checkpoint, load_generator
+from medgan.config import PhantomSpec, TrainConfig
+from medgan.errors import DataError, DivergenceError
+from medgan.phantom import make_phantom
+from medgan.train import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(model="cgan", image_size=16, base_channels=8, z_dim=16, batch_size=8, steps=6,
+                checkpoint_every=2, sample_every=3, log_every=2, keep_checkpoints=2,
+                phantom=PhantomSpec(count=16, size=16))
+    return TrainConfig(**{**base, **kw})
+
+
+def test_cgan_with_masks_run_dir_layout(tmp_path):
+    cfg = tiny(with_masks=True, r1_gamma=1.0, diffaug="color,translation,cutout")
+    seen = {"progress": [], "ckpt": []}
+    cb = Callbacks(on_progress=lambda s, t, st: seen["progress"].append((s, t, st)),
+                   on_checkpoint=lambda s, p: seen["ckpt"].append((s, p)))
+    result = train(cfg, tmp_path, callbacks=cb)
+    assert result == {"status": "completed", "step": 6, "reason": None}
+    assert json.loads((tmp_path / "result.json").read_text()) == result
+    assert TrainConfig.model_validate_json((tmp_path / "config.json").read_text()) == cfg
+    rows = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all({"total", "time", "loss_d", "loss_g", "r1", "imgs_per_s"} <= set(r) for r in rows)
+    assert [s for s, _, _ in seen["progress"]] == [2, 4, 6]
+    assert [s for s, _ in seen["ckpt"]] == [2, 4, 6]
+    # keep_checkpoints=2 prunes step 2; every survivor is complete
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["step-000004", "step-000006"]
+    assert latest_checkpoint(tmp_path).name == "step-000006"
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["step-000003.png", "step-000006.png"]
+    grid = np.asarray(Image.open(tmp_path / "samples" / "step-000006.png"))
+    assert grid.shape == (2 * 2 * 16, 8 * 16)  # (image row + mask row) per class, 8 columns
+    g, loaded_cfg = load_generator(tmp_path / "checkpoints" / "step-000006")
+    assert loaded_cfg == cfg
+    out = g(torch.randn(3, 16), torch.tensor([0, 1, 1]))
+    assert out.shape == (3, 2, 16, 16) and torch.isfinite(out).all()
+
+
+def test_should_stop_writes_final_checkpoint(tmp_path):
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    result = train(tiny(model="dcgan", checkpoint_every=100), tmp_path, callbacks=Callbacks(should_stop=stop))
+    assert result["status"] == "stopped" and result["step"] == 3
+    assert latest_checkpoint(tmp_path).name == "step-000003"
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "stopped"
+
+
+def test_divergence_names_loss_and_step(tmp_path, monkeypatch):
+    real = gan_loop.d_loss
+    monkeypatch.setattr(gan_loop, "d_loss", lambda r, f, k: real(r, f, k) * float("nan"))
+    with pytest.raises(DivergenceError, match=r"loss_d.*step 1"):
+        train(tiny(), tmp_path)
+
+
+def test_bad_data_raises_data_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        train(tiny(), tmp_path / "run", data_dir=tmp_path / "data")
+    for k, cls in enumerate(["a", "b", "c"]):  # three classes for a two-class model
+        (tmp_path / "data" / cls).mkdir()
+        Image.fromarray(np.full((16, 16), 60 * k, np.uint8)).save(tmp_path / "data" / cls / "x.png")
+    with pytest.raises(DataError, match="num_classes=2"):
+        train(tiny(), tmp_path / "run", data_dir=tmp_path / "data")
+    with pytest.raises(DataError, match="no masks"):
+        train(tiny(num_classes=3, with_masks=True), tmp_path / "run", data_dir=tmp_path / "data")
+
+
+def _hist_distance(a: np.ndarray, b: np.ndarray) -> float:
+    ha = np.histogram(a, bins=32, range=(0, 1))[0] / a.size
+    hb = np.histogram(b, bins=32, range=(0, 1))[0] / b.size
+    return float(np.abs(ha - hb).sum())
+
+
+def _spectrum(x: np.ndarray) -> np.ndarray:
+    """Mean radial power spectrum (log) of images [N, S, S]."""
+    p = np.abs(np.fft.fftshift(np.fft.fft2(x - x.mean(axis=(1, 2), keepdims=True)), axes=(1, 2))) ** 2
+    s = x.shape[1]
+    yy, xx = np.indices((s, s)) - s // 2
+    r = np.hypot(yy, xx).astype(int).ravel()
+    return np.log(np.bincount(r, p.mean(0).ravel()) / np.bincount(r) + 1e-8)[: s // 2]
+
+
+def _distance(fake: np.ndarray, real: np.ndarray) -> float:
+    return (_hist_distance(fake, real) + abs(fake.mean() - real.mean()) + abs(fake.std() - real.std())
+            + 0.1 * float(np.abs(_spectrum(fake) - _spectrum(real)).mean()))
+
+
+def test_training_moves_generator_toward_the_data(tmp_path):
+    spec = PhantomSpec(count=256, size=32, seed=11)
+    cfg = TrainConfig(model="dcgan", image_size=32, base_channels=16, z_dim=32, batch_size=32, steps=120,
+                      checkpoint_every=120, sample_every=120, log_every=40, diffaug="", loss="nonsaturating",
+                      phantom=spec, ema_decay=0.99)
+    real = make_phantom(PhantomSpec(count=128, size=32, seed=99))[0]  # held-out real images
+
+    def samples(g) -> np.ndarray:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            out = g(torch.randn(128, 32, generator=gen), torch.arange(128) % 2)
+        return ((out[:, 0].clamp(-1, 1) + 1) / 2).numpy()
+
+    torch.manual_seed(cfg.seed)
+    untrained = gan_loop.build_generator(cfg).eval()
+    train(cfg, tmp_path)
+    trained, _ = load_generator(latest_checkpoint(tmp_path))
+    d_untrained, d_trained = _distance(samples(untrained), real), _distance(samples(trained), real)
+    assert d_trained < 0.5 * d_untrained, (d_trained, d_untrained)
+
+
+def _cli(tmp_path: Path, cfg: TrainConfig, extra: list[str] | None = None) -> subprocess.Popen:
+    (tmp_path / "config.json").write_text(cfg.model_dump_json())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "medgan.train", "--config", str(tmp_path / "config.json"),
+                             "--run-dir", str(tmp_path / "run"), *(extra or [])], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_cli_sigterm_stops_with_checkpoint_and_exit_0(tmp_path):
+    proc = _cli(tmp_path, tiny(model="dcgan", steps=100_000, checkpoint_every=100_000, log_every=1))
+    stats = tmp_path / "run" / "stats.jsonl"
+    deadline = time.time() + 120
+    while not (stats.exists() and stats.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "stopped" and result["step"] >= 1
+    assert latest_checkpoint(tmp_path / "run").name == f"step-{result['step']:06d}"
+
+
+def test_cli_bad_data_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = _cli(tmp_path, tiny(), ["--data", str(tmp_path / "empty")])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and "DataError" in result["reason"] and "no image files" in result["reason"]
