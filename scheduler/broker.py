@@ -41,7 +41,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Redis priorities only work with this strategy; 0 is the most urgent.
             "queue_order_strategy": "priority",
             "priority_steps": list(range(C.PRIORITY_MIN, C.PRIORITY_MAX + 1)),
-            "sep": ":",
+            # No "sep": kombu's default separator is what every other Redis client of this broker assumes
+            # (Flower, a plain `celery --broker=… inspect`). With another one here, their control replies
+            # crash the worker's pidbox and Flower lists no workers (tests/integration/test_stack.py).
             # Redelivery after this many seconds; the claim makes a redelivery harmless anyway.
             "visibility_timeout": settings.visibility_timeout,
         }

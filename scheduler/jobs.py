@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session
 from scheduler import states
 from scheduler.broker import make_celery, queue_for, send_job
 from scheduler.db import (
-    Artifact, Job, JobEvent, MetricPoint, Status, Worker, get_engine, new_id, session_scope, utcnow,
+    Artifact, Job, JobEvent, MetricPoint, Status, get_engine, new_id, session_scope, utcnow,
 )
 from scheduler.fanout import plan_children, retry_failed_children
+from scheduler.policy import host_cards
 from scheduler.errors import DatabaseUnavailable, MedganUserError, NotFound, SpecError
 from scheduler.settings import Settings
 from scheduler.specs import GenerateSpec, parse_spec
@@ -113,13 +114,10 @@ def _check_references(session: Session, spec: Any) -> None:
 def _check_gpus(session: Session, gpus: int) -> None:
     if gpus == 0:
         return
-    hosts = session.execute(select(Worker.host, Worker.gpus)).all()
+    hosts = host_cards(session)
     if not hosts:
         return  # no worker has registered yet: nothing to compare with
-    per_host: dict[str, set[int]] = {}
-    for host, cards in hosts:
-        per_host.setdefault(host, set()).update(cards or [])
-    most = max(len(c) for c in per_host.values())
+    most = max(len(c) for c in hosts.values())
     if gpus > most:
         raise SpecError(f"the job asks for {gpus} GPUs but the largest host has {most}")
 

@@ -2,6 +2,13 @@
 
 Values are read from the database at scrape time (a custom collector), so every scheduler
 replica reports the same truth and nothing is lost across restarts.
+
+    medgan scheduler --metrics-port 9108          # the sweeper, plus http://<host>:9108/metrics
+
+Families (docs/monitoring.md has the table and example queries): medgan_queue_depth{queue},
+medgan_queue_running{queue}, medgan_jobs{status}, medgan_gpus{host,state}, medgan_workers{host},
+medgan_job_duration_seconds{kind} (histogram; `le` labels in Prometheus' float form: "60.0", "+Inf"),
+medgan_job_failures{kind}. The endpoint has no authentication: publish it on a private address only.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from typing import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import select
 
 from scheduler.db import Job, Status, session_scope
@@ -20,6 +28,8 @@ DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600
 
 
 class MedganCollector(Collector):
+    """Reads the database at every scrape (one `cluster_status` call and one query over finished jobs)."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
 
@@ -58,7 +68,7 @@ class MedganCollector(Collector):
             per_kind.setdefault(kind, []).append((end - start).total_seconds())
             failed[kind] = failed.get(kind, 0) + (status == Status.FAILED.value)
         for kind, values in sorted(per_kind.items()):
-            buckets = [(str(b), sum(v <= b for v in values)) for b in DURATION_BUCKETS]
+            buckets = [(floatToGoString(b), sum(v <= b for v in values)) for b in DURATION_BUCKETS]
             buckets.append(("+Inf", len(values)))
             hist.add_metric([kind], buckets, sum_value=sum(values))
             failures.add_metric([kind], failed.get(kind, 0))
@@ -73,7 +83,7 @@ def make_registry(settings: Settings) -> CollectorRegistry:
 
 
 def serve_metrics(settings: Settings, port: int, addr: str = "0.0.0.0") -> None:
-    """Serve /metrics in a background thread."""
+    """Serve /metrics on `addr:port` in a background (daemon) thread; returns at once."""
     from prometheus_client import start_http_server
 
     start_http_server(port, addr=addr, registry=make_registry(settings))

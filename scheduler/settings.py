@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     broker_poll_seconds: float = Field(0.1, gt=0, description="poll interval of the SQLAlchemy broker")
     log_level: str = "INFO"
     quota_gpus_per_owner: int | None = Field(None, ge=1, description="max GPUs one owner holds at once")
+    reserve_after_seconds: float = Field(
+        300.0, ge=0, description="a GPU job waiting this long gets a host drained for it (scheduler/policy.py)"
+    )
 
     @model_validator(mode="after")
     def _s3_keys(self) -> "Settings":

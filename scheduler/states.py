@@ -101,6 +101,7 @@ def claim(
         S.RUNNING,
         expect=[S.QUEUED],
         actor=owner,
+        reason=f"cards {','.join(f'{h}:{i}' for h, i in gpus)}" if gpus else None,
         values={
             "lease_owner": owner,
             "lease_expires_at": now + timedelta(seconds=lease_seconds),

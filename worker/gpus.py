@@ -12,10 +12,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from scheduler.db import GpuLease, Job, Status
 
 
 @dataclass(frozen=True)
@@ -57,24 +53,3 @@ def parse_gpus(value: str | None) -> list[int]:
     if any(c < 0 for c in cards):
         raise ValueError("GPU indices are non-negative")
     return cards
-
-
-def free_cards(session: Session, inv: Inventory) -> list[int]:
-    """Cards of this host not leased to a live job."""
-    leased = set(
-        session.execute(
-            select(GpuLease.gpu_index).join(Job, Job.id == GpuLease.job_id).where(
-                GpuLease.host == inv.host,
-                Job.status.in_([Status.RUNNING.value, Status.CANCELLING.value]),
-            )
-        ).scalars()
-    )
-    return [c for c in inv.cards if c not in leased]
-
-
-def pick_cards(session: Session, inv: Inventory, k: int) -> list[int] | None:
-    """k free cards of this host (lowest indices first), or None when fewer are free now."""
-    if k == 0:
-        return []
-    free = free_cards(session, inv)
-    return free[:k] if len(free) >= k else None

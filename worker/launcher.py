@@ -2,10 +2,18 @@
 
 The Celery process never touches CUDA: every job's science runs in a child process whose
 `CUDA_VISIBLE_DEVICES` is the job's lease. Training goes through `accelerate launch`.
+
+Every command runs under a small guardian (`python -m worker.launcher PARENT -- CMD…`): it is the
+process group leader and a child subreaper, so the launcher's grandchildren (the training
+ranks, which torchrun even puts in sessions of their own) stay its descendants. When the
+worker dies without cleaning up (SIGKILL, OOM killer), the guardian sees its parent change and
+kills the whole tree: no orphan keeps training and writing into a run directory that the
+requeued attempt may already be using.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -60,7 +68,9 @@ def run_watched(cmd: Sequence[str], *, env: dict[str, str], log_path: Path,
     (it writes a final checkpoint), then SIGKILL after `grace`. Returns the exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(guarded(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         stop_sent: float | None = None
         try:
             while proc.poll() is None:
@@ -69,7 +79,7 @@ def run_watched(cmd: Sequence[str], *, env: dict[str, str], log_path: Path,
                     _signal_group(proc, signal.SIGTERM)
                     stop_sent = time.monotonic()
                 if stop_sent is not None and time.monotonic() - stop_sent > grace:
-                    _signal_group(proc, signal.SIGKILL)
+                    kill_tree(proc.pid)
             on_tick()
             return proc.returncode
         finally:
@@ -80,7 +90,7 @@ def run_watched(cmd: Sequence[str], *, env: dict[str, str], log_path: Path,
                     proc.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     pass
-            _signal_group(proc, signal.SIGKILL)
+            kill_tree(proc.pid)
             proc.wait()
 
 
@@ -89,3 +99,89 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# -- the guardian -----------------------------------------------------------------------------
+_PR_SET_CHILD_SUBREAPER = 36
+GUARD_POLL_SECONDS = 0.2  # how often the guardian checks that the worker still lives
+
+
+def guarded(cmd: Sequence[str]) -> list[str]:
+    """`cmd` wrapped in the guardian, which watches this (the worker) process."""
+    return [sys.executable, "-m", "worker.launcher", str(os.getpid()), "--", *cmd]
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of `root` (from /proc), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])  # the name may hold spaces and ')'
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            out.append(kid)
+            todo.append(kid)
+    return out
+
+
+def kill_tree(root: int, sig: int = signal.SIGKILL) -> None:
+    """Signal every descendant of `root` (ranks in sessions of their own included), then its group and it."""
+    for _ in range(3):  # again, for anything forked while we listed
+        for pid in _descendants(root):
+            _kill(pid, sig)
+    try:
+        os.killpg(root, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _kill(root, sig)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _guard(parent: int, cmd: list[str]) -> int:
+    """Run `cmd`; reap it and every orphan it leaves; kill them all if `parent` dies. Returns its exit code."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent check below still works for direct children
+        pass
+    # A Python-level handler (not SIG_IGN, which exec would pass on): the group's SIGTERM is for
+    # the science, which stops gracefully; the guardian waits for it.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    child = subprocess.Popen(cmd)
+    code: int | None = None
+    while True:
+        if os.getppid() != parent:  # the worker is gone: nobody will upload or finish this run
+            kill_tree(os.getpid())
+            return 137
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # the command and every orphan it left have ended
+            break
+        if pid == child.pid:
+            code = os.waitstatus_to_exitcode(status)
+            child.returncode = code
+        if pid == 0:
+            time.sleep(GUARD_POLL_SECONDS)
+    code = 1 if code is None else code
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    _args = sys.argv[1:]
+    if len(_args) < 3 or _args[1] != "--":
+        sys.exit("usage: python -m worker.launcher PARENT_PID -- CMD ...")
+    sys.exit(_guard(int(_args[0]), _args[2:]))

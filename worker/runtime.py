@@ -33,7 +33,8 @@ from scheduler.jobs import dispatch_ready
 from scheduler.settings import Settings
 from scheduler.specs import parse_spec
 from scheduler.store import Store, make_store
-from worker.gpus import Inventory, pick_cards
+from scheduler.policy import admit
+from worker.gpus import Inventory
 
 log = logging.getLogger("medgan.worker")
 S = Status
@@ -196,11 +197,12 @@ def _claim(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | Non
         job = s.get(Job, job_id)
         if job is None or job.status != S.QUEUED.value:
             return None
-        cards = pick_cards(s, ctx.inventory, job.gpus)
-        if cards is None or (job.gpus and not ctx.inventory.cards):
-            if job.message is None or not job.message.startswith("waiting"):
-                job.message = f"waiting for {job.gpus} free GPU(s) on one host"
+        decision = admit(s, job, ctx.inventory.host, ctx.inventory.cards,
+                         quota=ctx.settings.quota_gpus_per_owner, reserve_after=ctx.settings.reserve_after_seconds)
+        if decision.cards is None:
+            job.message = decision.reason
             return "busy"
+        cards = decision.cards
         try:
             claimed = states.claim(s, job_id, owner=ctx.name, lease_seconds=ctx.settings.lease_seconds,
                                    gpus=[(ctx.inventory.host, c) for c in cards])

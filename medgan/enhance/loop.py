@@ -91,5 +91,9 @@ def run_training(tr: Trainer, run_dir: Path, callbacks: Callbacks, notes: dict[s
     if last_saved != step:
         _save(tr, run_dir, step, callbacks, notes)
     early = stopped and step < cfg.steps
-    return {"status": "stopped" if early else "completed", "step": step,
-            "reason": "stop requested" if early else None}
+    result = {"status": "stopped" if early else "completed", "step": step,
+              "reason": "stop requested" if early else None}
+    if acc.is_main_process:
+        # the train.py entry point writes result.json only on failure; success is ours (as gan_loop)
+        rundir.write_result(run_dir, **result)
+    return result
