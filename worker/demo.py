@@ -8,6 +8,7 @@ against the originals), follows each job, prints a summary and stops what it sta
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -123,6 +124,10 @@ def _summary(client: Client, jobs: list[dict[str, Any]], settings: Any, code: in
             if samples:
                 out.print(f"newest sample grid: {samples[-1]}")
         if j["kind"] == "enhance" and j["status"] == "SUCCEEDED":
-            summary = client.store.get_bytes(f"jobs/{j['id']}/summary.json").decode()
-            out.print(f"enhancement summary (jobs/{j['id']}/summary.json):\n{summary}")
+            summary = json.loads(client.store.get_bytes(f"jobs/{j['id']}/summary.json"))
+            for m, unit in (("psnr", " dB"), ("ssim", "")):
+                if m in summary and f"input_{m}" in summary:
+                    out.print(f"{summary['method'].upper()} {m.upper()}: {summary[m]['mean']:.3f} ± "
+                              f"{summary[m]['sd']:.3f}{unit} (dark input {summary['input_' + m]['mean']:.3f}{unit}), "
+                              f"{summary['count']} images")
     return code

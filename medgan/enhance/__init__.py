@@ -179,13 +179,17 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
             ref = read_image(refs[path.stem])[0] if path.stem in refs else None
             row.update(_score(out, ref, cfg))
             row["has_reference"] = ref is not None
+            if ref is not None and cfg.method not in SR_METHODS and img.shape == ref.shape:
+                # The untouched input against the same reference: the bar the method must clear.
+                base = _score(img, ref, cfg)
+                row.update({f"input_{k}": base[k] for k in ("psnr", "ssim", "mse")})
             row.update({f"param_{k}": v for k, v in used.items()})
         except (DataError, ValueError) as exc:
             row["status"] = f"error: {exc}"
         rows.append(row)
         callbacks.on_progress(i + 1, len(inputs), {"file": path.name, "status": row["status"]})
     _write_csv(out_dir / "metrics.csv", rows)
-    names = ["psnr", "ssim", "mse", "entropy", "avg_gradient", "std"]
+    names = ["psnr", "ssim", "mse", "entropy", "avg_gradient", "std", "input_psnr", "input_ssim", "input_mse"]
     summary: dict[str, Any] = _summary(rows, names)
     summary.update({
         "count": sum(r["status"] == "ok" for r in rows),

@@ -283,8 +283,26 @@ def estimate_illumination(t_hat: torch.Tensor, *, alpha: float = 0.15, sigma: fl
     return t, {"solver": "fast", **stats}
 
 
+def _lit_region(t: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the lit part of a thumbnail illumination map ``t`` ``[h, w]``.
+
+    Medical images are often mostly black background (outside the body or the field of view).
+    Judging brightness over it would brighten the anatomy far past its exposure, so the
+    brightness target is met over the pixels above Otsu's threshold of T, when those are a
+    plausible foreground (5-80 % of the image); otherwise over the whole image.
+    """
+    from skimage.filters import threshold_otsu
+
+    tn = t.detach().cpu().numpy()
+    if float(tn.max() - tn.min()) > 1e-3:
+        mask = t > float(threshold_otsu(tn))
+        if 0.05 < float(mask.float().mean()) < 0.8:
+            return mask
+    return torch.ones_like(t, dtype=torch.bool)
+
+
 def auto_gamma(img: torch.Tensor, t: torch.Tensor, target: float = 0.45) -> float:
-    """Gamma in [0.3, 1] whose output ``L / T^gamma`` has mean brightness nearest ``target``.
+    """Gamma in [0.3, 1] whose output ``L / T^gamma`` has mean brightness nearest ``target`` over the lit region.
 
     ``img`` ``[C, H, W]``, ``t`` ``[H, W]``. Brightness rises monotonically with gamma (T <= 1),
     so a bisection on a thumbnail is enough. A dark image gets a high gamma; a well-exposed
@@ -292,9 +310,10 @@ def auto_gamma(img: torch.Tensor, t: torch.Tensor, target: float = 0.45) -> floa
     """
     step = max(1, max(t.shape) // 256)
     small_l, small_t = img[:, ::step, ::step], t[::step, ::step].clamp_min(T_FLOOR)
+    lit = _lit_region(small_t)
 
     def brightness(g: float) -> float:
-        return float((small_l / small_t**g).clamp(0, 1).mean())
+        return float((small_l / small_t**g).clamp(0, 1)[:, lit].mean())
 
     lo, hi = 0.3, 1.0
     if brightness(hi) <= target:
