@@ -139,6 +139,9 @@ class EvaluateConfig(_Frozen):
     feature_weights: str | None = Field(None, description="local Inception weights file (optional)")
     segmentation: bool = True
     test_fraction: float = Field(0.3, gt=0, lt=1)
+    real_train_count: int | None = Field(
+        None, ge=1, description="the first N real images are the training pool and the rest the test split "
+        "(keeps images the GAN trained on out of the test set); None: a stratified split by test_fraction")
     # Added by the evaluation module (fields only added, none renamed):
     image_size: int = Field(32, ge=8, le=512, description="side every image is resized to for features and utility")
     channels: int = Field(1, ge=1, le=3, description="channels every image is converted to")

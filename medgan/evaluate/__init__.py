@@ -166,7 +166,13 @@ def evaluate(
     synth, syn_info = load_synthetic(Path(synthetic_dir), cfg.image_size, cfg.channels)
     classes, synth, drop_info = _remap_labels(real, synth)
     synth = synth.subset(limit_per_class(synth.labels.numpy(), cfg.synthetic_per_class, seed=SPLIT_SEED))
-    tr_idx, te_idx = stratified_split(real.labels.numpy(), cfg.test_fraction, SPLIT_SEED)
+    if cfg.real_train_count is not None:
+        # The GAN trained on the first N images: they may only ever be training data.
+        if cfg.real_train_count >= len(real):
+            raise DataError(f"real_train_count {cfg.real_train_count} leaves no test images of {len(real)}")
+        tr_idx, te_idx = np.arange(cfg.real_train_count), np.arange(cfg.real_train_count, len(real))
+    else:
+        tr_idx, te_idx = stratified_split(real.labels.numpy(), cfg.test_fraction, SPLIT_SEED)
     train, test = real.subset(tr_idx), real.subset(te_idx)
     train = train.subset(limit_per_class(train.labels.numpy(), cfg.real_per_class, seed=SPLIT_SEED))
     if len(train) < 2 or len(test) < 1 or len(synth) < 2:
@@ -185,7 +191,9 @@ def evaluate(
     metrics["data"] = {
         "real": real_info, "synthetic": syn_info, **drop_info, "classes": classes,
         "real_train": len(train), "real_test": len(test), "synthetic_used": len(synth),
-        "split": f"stratified, test_fraction={cfg.test_fraction}, seed={SPLIT_SEED}; real_per_class thins train only",
+        "split": (f"first {cfg.real_train_count} real images train, the rest test"
+                  if cfg.real_train_count is not None else
+                  f"stratified, test_fraction={cfg.test_fraction}, seed={SPLIT_SEED}") + "; real_per_class thins train only",
     }
     extractor = build_extractor(cfg.feature_weights, train.images, train.labels, cfg.epochs, seed=0)
     metrics["extractor"] = extractor.describe()

@@ -7,8 +7,10 @@ import sys
 
 from sqlalchemy import select
 
+from scheduler.client import Client
 from scheduler.db import Job, session_scope
 from worker.launcher import child_env
+from worker.report import build_report
 from worker.runtime import JobFailed, JobRun
 from worker.subproc import run_science
 from worker.tasks._common import write_invocation
@@ -36,14 +38,21 @@ def handle(run: JobRun) -> None:
     if n == 0:
         raise JobFailed(f"generate job {spec.source_job} has no images in the store")
     real_dir = run.dataset(spec.dataset) if spec.dataset else None
+    config = spec.config.model_dump(mode="json")
     phantom = None if real_dir else _training_phantom(run, spec.source_job)
     if real_dir is None and phantom is None:
         raise JobFailed("no real data: name --real <dataset> (the generator did not train on the phantom)")
+    if phantom is not None and config.get("real_train_count") is None:
+        # The phantom's images are a prefix-stable sequence: extend the GAN's training set with fresh
+        # images of the same distribution, which become the held-out test split.
+        trained = phantom["count"]
+        phantom = {**phantom, "count": trained + max(trained, 200)}
+        config["real_train_count"] = trained
     out_dir = run.work_dir / "out"
     inv = write_invocation(run, {
         "run_dir": str(run.work_dir / "run"), "synthetic_dir": str(synth), "out_dir": str(out_dir),
         "real_dir": str(real_dir) if real_dir else None, "phantom": phantom,
-        "config": spec.config.model_dump(mode="json"),
+        "config": config,
     })
     cmd = [sys.executable, "-m", "worker.science", "evaluate", str(inv)]
     use_gpu = bool(run.cards) and not run.ctx.inventory.fake
@@ -55,6 +64,8 @@ def handle(run: JobRun) -> None:
     if metrics.exists():
         for name, value in _flatten(json.loads(metrics.read_text())).items():
             run.metric(name, value)
+    # The evaluation's report covers its lineage (train → generate → evaluate): jobs/<id>/report.html.
+    build_report(Client(run.settings), run.job_id, run.work_dir / "report")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, float]:

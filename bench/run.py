@@ -1,0 +1,92 @@
+"""`make bench`: run every bench/bench_*.py and write BENCHMARKS.md (machine, date, figures).
+
+Each benchmark measures a ratio against a baseline run in the same process, because this
+machine is shared and noisy. `python -m bench.run --quick` runs shorter versions;
+`--only NAME` runs one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AUTO_START = "<!-- bench:auto:start -->"
+AUTO_END = "<!-- bench:auto:end -->"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, {gpu}")
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    lines = ["| benchmark | figure | value | unit | baseline | ratio | note |", "|---|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        for r in rows:
+            lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+                name, r.get("name", ""), r.get("value", ""), r.get("unit", ""),
+                "" if r.get("baseline") is None else r["baseline"],
+                "" if r.get("ratio") is None else r["ratio"], str(r.get("note", "")).replace("|", "/")))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", action="append", default=[])
+    args = ap.parse_args()
+    names = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
+    if args.only:
+        names = [n for n in names if n in args.only or n.removeprefix("bench_") in args.only]
+    results: dict[str, list[dict]] = {}
+    failed = []
+    for name in names:
+        t0 = time.time()
+        print(f"== {name}", flush=True)
+        try:
+            rows = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+            results[name.removeprefix("bench_")] = rows
+            for r in rows:
+                print("  ", r, flush=True)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(f"   ({time.time() - t0:.0f} s)", flush=True)
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    block = (f"{AUTO_START}\n## Latest run: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}"
+             f" ({'quick' if args.quick else 'full'}, commit {rev or '?'})\n\nMachine: {machine()}\n\n"
+             f"{table(results)}\n\n{'Failed: ' + ', '.join(failed) if failed else ''}\n{AUTO_END}")
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if AUTO_START in text:
+        head, rest = text.split(AUTO_START, 1)
+        text = head + block + rest.split(AUTO_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
