@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from scheduler import states
-from scheduler.db import Artifact, Job, Status
+from scheduler.db import Artifact, Job, Status, utcnow
 from scheduler.specs import GenerateSpec
 from scheduler.store import Store
 
@@ -42,6 +42,16 @@ def plan_children(parent: Job, spec: GenerateSpec) -> list[Job]:
             )
         )
     return children
+
+
+def is_fanout_parent(job: Job) -> bool:
+    return job.kind == "generate" and job.parent_id is None and int(job.spec.get("shards") or 1) > 1
+
+
+def mark_parent_running(session: Session, parent_id: str, actor: str) -> None:
+    """The first claimed child starts its parent (a no-op for the others: the CAS finds it RUNNING)."""
+    states.transition(session, parent_id, S.RUNNING, expect=[S.QUEUED], actor=actor,
+                      values={"started_at": utcnow(), "message": None}, reason="first shard started")
 
 
 def output_prefix(job: Job) -> str:

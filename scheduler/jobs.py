@@ -23,7 +23,7 @@ from scheduler.broker import make_celery, queue_for, send_job
 from scheduler.db import (
     Artifact, Job, JobEvent, MetricPoint, Status, get_engine, new_id, session_scope, utcnow,
 )
-from scheduler.fanout import plan_children, retry_failed_children
+from scheduler.fanout import is_fanout_parent, plan_children, retry_failed_children
 from scheduler.policy import host_cards
 from scheduler.errors import DatabaseUnavailable, MedganUserError, NotFound, SpecError
 from scheduler.settings import Settings
@@ -88,10 +88,9 @@ def _rows_for(spec: Any, settings: Settings, key: str | None) -> list[Job]:
         max_attempts=spec.max_attempts or settings.max_attempts, depends_on=list(spec.depends_on), name=spec.name,
     )
     if isinstance(spec, GenerateSpec) and spec.shards > 1:
-        # The parent carries no message of its own: it is RUNNING while its children run
+        # The parent carries no message of its own: it turns RUNNING when its first child is claimed
         # and is finished by whoever finishes its last child (scheduler.fanout).
-        parent = Job(id=new_id(), spec=data, idempotency_key=key, status=S.RUNNING.value, started_at=utcnow(),
-                     **common)
+        parent = Job(id=new_id(), spec=data, idempotency_key=key, status=S.QUEUED.value, **common)
         return [parent, *plan_children(parent, spec)]
     return [Job(spec=data, idempotency_key=key, status=S.QUEUED.value, **common)]
 
@@ -137,6 +136,8 @@ def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> 
             q = q.where(or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))
         for job in session.execute(q).scalars():
             blocked = _blocked_by(session, job)
+            if blocked == "" and is_fanout_parent(job):
+                continue  # its children carry the work
             if blocked == "":
                 job.enqueued_at = now
                 sent.append((job.id, job.kind, job.priority))
@@ -254,7 +255,7 @@ def cancel(settings: Settings, job_id: str, actor: str = "cli") -> dict[str, Any
         if job.parent_id is None and session.execute(
             select(func.count()).where(Job.parent_id == job.id)
         ).scalar_one():
-            states.transition(session, job.id, S.CANCELLED, expect=[S.RUNNING], actor=actor,
+            states.transition(session, job.id, S.CANCELLED, expect=[S.QUEUED, S.RUNNING], actor=actor,
                               reason="cancelled by user")
         else:
             states.request_cancel(session, job.id, actor=actor)

@@ -149,6 +149,26 @@ class LocalStore:
         return f"local folder {self.root}"
 
 
+# minio's own client waits 5 minutes to connect or read and retries 5 times inside each of our
+# `_retry` attempts: a dead S3 failed an upload after ~38 s, a silent one would hold the job for
+# hours. Bounded timeouts, and the retry policy in one place (`_retry`).
+S3_CONNECT_TIMEOUT_SECONDS = 10.0
+S3_READ_TIMEOUT_SECONDS = 120.0
+
+
+def _http_client():  # noqa: ANN202 (urllib3 is imported lazily, with minio)
+    import certifi
+    import urllib3
+
+    return urllib3.PoolManager(
+        timeout=urllib3.util.Timeout(connect=S3_CONNECT_TIMEOUT_SECONDS, read=S3_READ_TIMEOUT_SECONDS),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",  # minio's default; only used with MEDGAN_S3_SECURE
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
 class S3Store:
     """S3-compatible object storage (MinIO in production, moto in tests) through the minio client."""
 
@@ -158,7 +178,8 @@ class S3Store:
 
         self.bucket = bucket
         self.endpoint = endpoint
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
+                            http_client=_http_client())
         self._bucket_ready = False
 
     def _ensure_bucket(self) -> None:
@@ -242,20 +263,29 @@ class S3Store:
 
     def exists(self, key: str) -> bool:
         validate_key(key)
-        try:
-            self.client.stat_object(self.bucket, key)
-            return True
-        except Exception as exc:
+
+        def stat() -> bool:
             try:
-                self._not_found(exc, key)
-            except NotFound:
-                return False
-            raise
+                self.client.stat_object(self.bucket, key)
+                return True
+            except Exception as exc:
+                try:
+                    self._not_found(exc, key)
+                except NotFound:
+                    return False
+                raise
+
+        # Through _retry like every other call: an unreachable server is a StoreError, not urllib3's.
+        return _retry(stat, f"lookup of {key}")
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._ensure_bucket()
-        for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
-            yield ObjectInfo(obj.object_name, obj.size or 0)
+
+        def listing() -> list[ObjectInfo]:
+            return [ObjectInfo(o.object_name, o.size or 0)
+                    for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+
+        yield from _retry(listing, f"listing of {prefix}")
 
     def delete(self, key: str) -> None:
         validate_key(key)

@@ -211,6 +211,8 @@ def _claim(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | Non
             return "busy"  # another worker leased a card between our read and our insert
         if claimed is None:
             return None
+        if claimed.parent_id is not None:
+            fanout.mark_parent_running(s, claimed.parent_id, actor=ctx.name)
         return claimed, cards
 
 
