@@ -171,3 +171,20 @@ def test_fanout_over_two_workers_equals_one_worker(fast, tmp_path):
         owners = set(s.execute(select(JobEvent.actor).where(
             JobEvent.job_id.in_([j["id"] for j in children]), JobEvent.to_status == "RUNNING")).scalars())
     assert len(owners) == 2, f"shards ran on {owners}, expected both workers"
+
+
+def test_cancel_training_checkpoints_then_cancelled(fast, tmp_path):
+    c = _client(fast)
+    cfg = {**TINY, "steps": 5000, "checkpoint_every": 4000, "log_every": 1}
+    with worker_process("--gpus", "0", "--fake-gpus", "--hostname", "k", log=tmp_path / "w.log"):
+        job = c.submit("train", config=cfg, gpus=1)
+        wait_for(lambda: c.job(job["id"])["step"] >= 3, timeout=120, what="training to make progress")
+        c.cancel(job["id"])
+        done = c.wait(job["id"], timeout=60)
+    assert done["status"] == "CANCELLED"
+    result = __import__("json").loads(c.store.get_bytes(f"jobs/{job['id']}/result.json"))
+    assert result["status"] == "stopped" and 3 <= result["step"] < 5000
+    keys = [a["key"] for a in c.artifacts(job["id"])]
+    assert f"jobs/{job['id']}/checkpoints/step-{result['step']:06d}/COMPLETE" in keys  # the final checkpoint
+    with session_scope(fast.db_url) as s:
+        assert s.execute(select(func.count()).select_from(GpuLease)).scalar_one() == 0

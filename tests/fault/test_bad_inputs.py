@@ -1,0 +1,289 @@
+"""A corpus of bad inputs: each is refused at submission with one clear error, or its job FAILS with a
+clear reason (naming the file, key or job at fault, never a traceback), and the worker keeps serving.
+
+Three tiers by cost: submission errors (no worker), failures the worker finds before any science
+(store and database checks), and failures of the science subprocess (readers, checkpoints, NaN).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from scheduler.client import Client
+from scheduler.db import Job, session_scope
+from scheduler.errors import MedganUserError
+from scheduler.store import sha256_file
+from tests.conftest import wait_for
+from tests.fault.conftest import TINY_TRAIN, finished_job, plant_checkpoint, relist_complete
+
+TRAIN2 = {**TINY_TRAIN, "steps": 2}
+
+
+# Reasons that name nothing at fault today; reported to the owners (kept here so a fix is noticed).
+KNOWN_UNCLEAR = {
+    "manifest that is not JSON": "scheduler/datasets.py read_manifest: the reason is json's bare 'Expecting value: "
+                                 "line 1 column 1 (char 0)', naming neither the dataset nor its manifest",
+}
+
+
+class OpensAFile:
+    """A pickle payload: unpickling it calls open(path, 'w'), leaving a file behind as proof."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _png(path: Path, size=(32, 32), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random(size) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _folder(root: Path, name: str, files: dict[str, bytes]) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    for rel, data in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(data)
+    return d
+
+
+def _bad_files(tmp: Path) -> dict[str, tuple[dict[str, bytes], str]]:
+    """Datasets of one bad kind each, for a train job: {kind: ({file: bytes}, expected words in the reason)}."""
+    import pydicom.data
+
+    good = _png(tmp / "good.png").read_bytes()
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes()
+    npz3d, npz_obj, npz_keys = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    np.savez(npz3d, train_images=np.zeros((2, 3, 4, 5, 6), np.uint8))
+    np.savez(npz_obj, train_images=np.array([{"a": 1}, None], dtype=object))
+    np.savez(npz_keys, pixels=np.zeros((2, 8, 8), np.uint8))
+    rng = np.random.default_rng(1)
+    one = io.BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(one, format="PNG")
+    return {
+        "corrupt PNG (valid signature, garbage body)": (
+            {"scan.png": b"\x89PNG\r\n\x1a\n" + rng.bytes(300)}, ["scan.png", "no readable images"]),
+        "truncated PNG": ({"cut.png": good[: len(good) // 2]}, ["cut.png"]),
+        "text file named .png": ({"notes.png": b"patient notes, not pixels\n" * 10}, ["notes.png"]),
+        "zero-byte files": ({"empty.png": b"", "empty.dcm": b""}, ["2 unreadable"]),
+        "truncated DICOM": ({"ct.dcm": ct[:1200]}, ["ct.dcm"]),
+        "NIfTI full of garbage": ({"brain.nii": rng.bytes(2000)}, ["brain.nii"]),
+        "1x1 image": ({"dot.png": one.getvalue()}, ["dot.png", "shape"]),
+        "5-D array in .npz": ({"vol.npz": npz3d.getvalue()}, ["vol.npz", "expected [N, H, W]"]),
+        "pickled object array in .npz": ({"obj.npz": npz_obj.getvalue()}, ["obj.npz", "allow_pickle"]),
+        ".npz without image array": ({"k.npz": npz_keys.getvalue()}, ["k.npz", "train_images"]),
+        "labels.csv without rows": ({"a.png": good, "labels.csv": b"file,label\n"}, ["labels.csv", "no rows"]),
+    }
+
+
+def _clear(reason: str | None, needles: list[str]) -> bool:
+    return bool(reason) and "Traceback" not in reason and "internal error" not in reason and \
+        "\n" not in reason and all(n in reason for n in needles)
+
+
+# -- tier 1: refused at submission ----------------------------------------------------------------
+SUBMISSION = [
+    ("non-existent source job", "generate", {"source_job": "0123456789ab"}, "does not exist"),
+    ("source job id that is no id", "generate", {"source_job": "../../etc"}, "not a job id"),
+    ("absurd learning rate 1e6", "train", {"config": {"lr_g": 1e6}}, "lr_g"),
+    ("image size not a power of two", "train", {"config": {"image_size": 33}}, "power of two"),
+    ("negative steps", "train", {"config": {"steps": -5}}, "steps"),
+    ("unknown model", "train", {"config": {"model": "stylegan9"}}, "model"),
+    ("dataset key with traversal", "enhance", {"dataset": "datasets/../../etc/passwd"}, "not a dataset key"),
+    ("dataset path that does not exist", "train", {"dataset": "/no/such/folder"}, "does not exist"),
+    ("unknown job kind", "paint", {}, "unknown job kind"),
+    ("depends on an unknown job", "noop", {"depends_on": ["fedcba987654"]}, "unknown job"),
+    ("unknown spec field", "noop", {"colour": "red"}, "colour"),
+]
+
+
+@pytest.mark.parametrize("what, kind, fields, needle", SUBMISSION, ids=[s[0] for s in SUBMISSION])
+def test_refused_at_submission(embedded, what, kind, fields, needle, figures):
+    client = Client(embedded)
+    fields = dict(fields)
+    with pytest.raises(MedganUserError) as err:
+        client.submit(kind, config=fields.pop("config", None), **fields)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg, msg
+    with session_scope(embedded.db_url) as s:
+        assert s.execute(select(Job.id)).first() is None, "nothing written"
+    _tally(figures, "submission", what, True, msg)
+
+
+def test_empty_dataset_folder_refused_at_submission(embedded, tmp_path, figures):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedganUserError, match="holds no files") as err:
+        Client(embedded).submit("train", dataset=str(tmp_path / "empty"), config=TRAIN2)
+    _tally(figures, "submission", "empty dataset folder", True, str(err.value))
+
+
+# -- tiers 2 and 3: the worker fails the job with a reason -----------------------------------------
+def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path, foreign_checkpoints, figures):
+    settings = cluster.settings
+    client = Client(settings)
+    store = client.store
+    cluster.start_worker("w0", "--concurrency", "3")
+    expect: dict[str, tuple[str, list[str]]] = {}  # kind -> (job id, words the reason must hold)
+
+    # -- found before any science: store and database checks
+    expect["dataset key whose manifest is missing"] = (
+        client.submit("train", dataset="datasets/ghost/v1", config=TRAIN2)["id"], ["datasets/ghost/v1", "no manifest"])
+    store.put_bytes("datasets/evil/v1/manifest.jsonl",
+                    json.dumps({"path": "../../../../tmp/escaped.txt", "size": 1, "sha256": "0" * 64}).encode())
+    expect["path traversal in a dataset manifest"] = (
+        client.submit("train", dataset="datasets/evil/v1", config=TRAIN2)["id"], ["invalid object key", ".."])
+    store.put_bytes("datasets/abs/v1/manifest.jsonl",
+                    json.dumps({"path": "/etc/passwd", "size": 1, "sha256": "0" * 64}).encode())
+    expect["absolute path in a dataset manifest"] = (
+        client.submit("enhance", dataset="datasets/abs/v1")["id"], ["invalid object key", "/etc/passwd"])
+    store.put_bytes("datasets/hollow/v1/manifest.jsonl",
+                    json.dumps({"path": "a.png", "size": 5, "sha256": "0" * 64}).encode())
+    expect["manifest naming a missing object"] = (
+        client.submit("enhance", dataset="datasets/hollow/v1")["id"], ["datasets/hollow/v1/a.png"])
+    key = client.upload_dataset(_folder(tmp_path, "tampered", {"a.png": _png(tmp_path / "t.png").read_bytes()}))
+    store.put_bytes(f"{key}/a.png", b"changed after upload")
+    expect["dataset object changed after upload"] = (
+        client.submit("enhance", dataset=key)["id"], [f"{key}/a.png", "sha256 mismatch"])
+    store.put_bytes("datasets/garbled/v1/manifest.jsonl", b"this is not json\n")
+    expect["manifest that is not JSON"] = (
+        client.submit("enhance", dataset="datasets/garbled/v1")["id"], ["datasets/garbled/v1", "manifest"])
+    bare = finished_job(settings, "train", {"config": TRAIN2})
+    expect["generate from a train job without checkpoints"] = (
+        client.submit("generate", source_job=bare, config={"count": 2})["id"], [bare, "no complete checkpoint"])
+    empty_gen = finished_job(settings, "generate", {"source_job": bare})
+    expect["evaluate a generate job that has no images"] = (
+        client.submit("evaluate", source_job=empty_gen)["id"], [empty_gen, "no images"])
+    fine = client.upload_dataset(_folder(tmp_path, "fine", {"a.png": _png(tmp_path / "f.png").read_bytes()}))
+    expect["learned enhancer without a model"] = (
+        client.submit("enhance", dataset=fine, config={"method": "zerodce"})["id"], ["zerodce", "--model"])
+    failed = client.submit("noop", fail="broken on purpose")["id"]
+    wait_for(lambda: client.job(failed)["status"] == "FAILED", timeout=60, what="the noop to fail")
+    expect["depends on a job that failed"] = (client.submit("noop", depends_on=[failed])["id"], [failed, "FAILED"])
+
+    # -- found by the science subprocess: models and checkpoints
+    dce = finished_job(settings, "train", {"config": {**TRAIN2, "model": "zerodce"}})
+    plant_checkpoint(store, dce, foreign_checkpoints["zerodce"])
+    expect["generate from a checkpoint of another model (zerodce)"] = (
+        client.submit("generate", source_job=dce, config={"count": 2})["id"], ["zerodce"])
+    cut = tmp_path / "cut" / foreign_checkpoints["cgan_tiny"].name
+    shutil.copytree(foreign_checkpoints["cgan_tiny"], cut)
+    ema = cut / "generator_ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[: ema.stat().st_size // 2])
+    cut_job = finished_job(settings, "train", {"config": TRAIN2})
+    plant_checkpoint(store, cut_job, cut)
+    expect["generate from a truncated checkpoint"] = (
+        client.submit("generate", source_job=cut_job, config={"count": 2})["id"],
+        ["generator_ema.safetensors", "corrupt"])
+    expect["NaN divergence (r1_gamma 1e300, lr 1)"] = (
+        client.submit("train", config={**TRAIN2, "r1_gamma": 1e300, "lr_g": 1.0, "lr_d": 1.0})["id"],
+        ["DivergenceError", "non-finite"])
+    # Resuming from a planted checkpoint: the train jobs wait on a short noop while it is planted.
+    gate = client.submit("noop", sleep=1.0)["id"]
+    wide = client.submit("train", config=TRAIN2, depends_on=[gate])["id"]
+    plant_checkpoint(store, wide, foreign_checkpoints["cgan_wide"])
+    expect["resume from a checkpoint of another size"] = (wide, ["CheckpointError", "could not be loaded", "size"])
+    evil = tmp_path / "evil" / foreign_checkpoints["cgan_tiny"].name
+    shutil.copytree(foreign_checkpoints["cgan_tiny"], evil)
+    marker = tmp_path / "PWNED-by-checkpoint"
+    # optimizer.bin: accelerate loads it with torch.load(weights_only=True), outside any try.
+    (evil / "optimizer.bin").write_bytes(pickle.dumps({"state": OpensAFile(marker)}, protocol=2))
+    relist_complete(evil)
+    pickled = client.submit("train", config=TRAIN2, depends_on=[gate])["id"]
+    plant_checkpoint(store, pickled, evil)
+    expect["resume from a checkpoint holding a pickled payload"] = (
+        pickled, ["CheckpointError", "Weights only load failed"])
+
+    # -- found by the data readers
+    for i, (what, (files, needles)) in enumerate(_bad_files(tmp_path).items()):
+        folder = _folder(tmp_path / "bad", f"set{i}", files)
+        expect[what] = (client.submit("train", dataset=str(folder), config=TRAIN2)["id"], needles)
+
+    ids = [job_id for job_id, _ in expect.values()]
+    wait_for(lambda: all(client.job(j)["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") for j in ids),
+             timeout=240, interval=1.0, what="every bad job to end")
+    unclear, still_known = {}, {}
+    for what, (job_id, needles) in expect.items():
+        job = client.job(job_id)
+        ok = job["status"] == "FAILED" and _clear(job["message"], needles)
+        _tally(figures, "worker", what, ok)
+        if not ok and what in KNOWN_UNCLEAR:
+            still_known[what] = job["message"]
+        elif not ok:
+            unclear[what] = (job["status"], job["message"])
+        else:
+            assert what not in KNOWN_UNCLEAR, f"{what!r} is clear now: take it off KNOWN_UNCLEAR"
+    figures.detail("bad inputs through the worker: the reason each job got", ("input", "status", "reason"), [
+        (what, client.job(job_id)["status"], (client.job(job_id)["message"] or "")[:160])
+        for what, (job_id, _) in sorted(expect.items())])
+    assert not marker.exists(), "a checkpoint's pickle was executed"
+    assert not Path("/tmp/escaped.txt").exists() or Path("/tmp/escaped.txt").stat().st_size != 1
+    noop = client.wait(client.submit("noop")["id"], timeout=60)
+    assert noop["status"] == "SUCCEEDED", "the worker keeps serving after the bad inputs"
+    assert cluster.procs[0].poll() is None
+    assert not unclear, json.dumps(unclear, indent=1)
+
+
+def test_enhance_where_every_image_is_unreadable(cluster, tmp_path, figures):
+    """An enhance job whose inputs are all unreadable should FAIL, not succeed with zero outputs."""
+    client = Client(cluster.settings)
+    cluster.start_worker("w0", "--queues", "medgan.enhance")
+    folder = _folder(tmp_path, "junk", {"a.png": b"not an image", "b.png": b"", "c.dcm": b"DICM garbage"})
+    job = client.wait(client.submit("enhance", dataset=str(folder), config={"method": "gamma"})["id"], timeout=120)
+    ok = job["status"] == "FAILED" and _clear(job["message"], [])
+    figures.add("bad inputs: enhance of only unreadable images", tried=1, survived=int(ok),
+                notes="FAILED clearly" if ok else f"{job['status']} with 0 of 3 images enhanced (xfail, reported)")
+    if not ok:
+        summary = json.loads(client.store.get_bytes(f"jobs/{job['id']}/summary.json"))
+        assert summary["count"] == 0 and len(summary["failed"]) == 3  # what it does today
+        pytest.xfail(f"enhance {job['status']} with 0 of 3 images enhanced (worker/tasks/enhance.py or "
+                     f"medgan/enhance should fail the job); failed files: {summary['failed']}")
+
+
+# -- the figures row ---------------------------------------------------------------------------------
+_TALLY: dict[str, dict[str, bool]] = {"submission": {}, "worker": {}}
+_MESSAGES: dict[str, str] = {}
+
+
+def _tally(figures, tier: str, what: str, ok: bool, message: str | None = None) -> None:
+    _TALLY[tier][what] = ok
+    sub, wrk = _TALLY["submission"], _TALLY["worker"]
+    if message is not None:
+        _MESSAGES[what] = message
+        figures.detail("bad inputs refused at submission: the error each got", ("input", "error"),
+                       [(k, v[:160]) for k, v in sorted(_MESSAGES.items())])
+    figures.add("bad inputs: clear submission error", tried=len(sub), survived=sum(sub.values()),
+                notes="; ".join(sorted(k for k, v in sub.items() if not v)) or "every one one line, nothing written")
+    if wrk:
+        figures.add("bad inputs: job FAILED with a clear reason, worker serving", tried=len(wrk),
+                    survived=sum(wrk.values()),
+                    notes="not clear: " + "; ".join(sorted(k for k, v in wrk.items() if not v))
+                    if not all(wrk.values()) else "every reason names the file/key/job at fault")
+
+
+def test_empty_dataset_string_is_refused(embedded, tmp_path, monkeypatch):
+    """`dataset: ""` is no path: it must not upload the current folder (here: a private file beside it)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "private-notes.txt").write_text("not for the store")
+    client = Client(embedded)
+    try:
+        client.submit("enhance", dataset="")
+    except MedganUserError as exc:
+        assert "dataset" in str(exc)
+        return
+    uploaded = [o.key for o in client.store.list("datasets/")]
+    assert any(k.endswith("private-notes.txt") for k in uploaded)  # what happens today
+    pytest.xfail("scheduler/client.py treats dataset='' as Path('') == '.', uploading the current folder "
+                 f"({len(uploaded)} objects, the database included)")

@@ -1,0 +1,147 @@
+"""SIGKILL the worker of a training job five times at seeded random moments.
+
+Each time a new worker (on its own "host": a MEDGAN_HOME of its own, so nothing survives on disk
+but the store) takes the job over after the sweeper requeues it; the run resumes from the newest
+complete checkpoint in the store, the killed worker's training processes die with it, and no two
+workers ever hold the job at once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+from sqlalchemy import func, select
+
+from scheduler.client import Client
+from scheduler.db import Job, JobEvent, MetricPoint, session_scope
+from tests.conftest import wait_for
+from tests.fault.conftest import TINY_TRAIN, processes_mentioning
+from worker.tasks._common import newest_checkpoint
+
+KILLS = 5
+SEED = 20240607
+STEPS = 44
+
+
+def _job(settings, job_id: str) -> Job:
+    with session_scope(settings.db_url) as s:
+        return s.get(Job, job_id)
+
+
+def _max_metric_id(settings) -> int:
+    with session_scope(settings.db_url) as s:
+        return s.execute(select(func.max(MetricPoint.id))).scalar() or 0
+
+
+def _steps_since(settings, job_id: str, after_id: int) -> tuple[int | None, int | None]:
+    """(first, last) training step recorded after metric row `after_id`."""
+    with session_scope(settings.db_url) as s:
+        return s.execute(select(func.min(MetricPoint.step), func.max(MetricPoint.step)).where(
+            MetricPoint.job_id == job_id, MetricPoint.name == "loss_g", MetricPoint.id > after_id)).one()
+
+
+def _ckpt_step(store, job_id: str) -> int:
+    name = newest_checkpoint(store, job_id)
+    return int(name.split("-")[1]) if name else 0
+
+
+def test_five_sigkills_resume_from_checkpoints(cluster, figures):
+    rng = random.Random(SEED)
+    # A seeded plan of moments: most kills land after a random number of new steps (so they hit
+    # training, checkpoint writes and uploads at random phases), one lands during start-up.
+    plan = [("steps", rng.randint(1, 7), rng.uniform(0.0, 0.6)) for _ in range(KILLS)]
+    plan[rng.randrange(1, KILLS)] = ("startup", 0, rng.uniform(0.3, 2.0))
+
+    settings = cluster.settings
+    client = Client(settings)
+    sweeper = cluster.start_sweeper()
+    worker = cluster.start_worker("w0", "--queues", "medgan.train")
+    job_id = client.submit("train", config={**TINY_TRAIN, "steps": STEPS})["id"]
+
+    attempts: list[dict] = []
+    orphans_seen = 0
+    for k, (how, n_steps, jitter) in enumerate(plan):
+        # Attempt k+1 is claimed once the sweeper has requeued the dead worker's lease.
+        wait_for(lambda: (lambda j: j.status == "RUNNING" and j.attempt == k + 1)(_job(settings, job_id)),
+                 timeout=120, what=f"claim {k + 1}")
+        job = _job(settings, job_id)
+        mark = _max_metric_id(settings)
+        att = {"owner": job.lease_owner, "attempt": job.attempt, "how": how}
+        if how == "steps":
+            start = _ckpt_step(client.store, job_id)
+            target = start + n_steps
+
+            def reached() -> bool:
+                last = _steps_since(settings, job_id, mark)[1]
+                return last is not None and last >= target
+
+            wait_for(reached, timeout=120, interval=0.05, what=f"step {target} in attempt {k}")
+        time.sleep(jitter)
+        assert _job(settings, job_id).status == "RUNNING", "the job must still be running when it is killed"
+        worker.sigkill()
+        killed_home = str(worker.home)
+        # The next "host" starts at once, so it is ready about when the lease runs out.
+        worker = cluster.start_worker(f"w{k + 1}", "--queues", "medgan.train", wait=False)
+        # The dead worker's training processes must die with it, well before the lease expires.
+        try:
+            wait_for(lambda: not processes_mentioning(killed_home), timeout=2.5, interval=0.1,
+                     what="the killed worker's training processes to exit")
+        except AssertionError:
+            orphans_seen += 1
+            raise AssertionError(f"orphans of the killed worker: {processes_mentioning(killed_home)}")
+        att["first"], att["last"] = _steps_since(settings, job_id, mark)
+        att["ckpt_after_kill"] = _ckpt_step(client.store, job_id)
+        attempts.append(att)
+
+    final = client.wait(job_id, timeout=240)
+    assert final["status"] == "SUCCEEDED", final["message"]
+
+    with session_scope(settings.db_url) as s:
+        events = s.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).scalars().all()
+        job = s.get(Job, job_id)
+        seq = [(e.from_status, e.to_status, e.actor, e.reason) for e in events]
+
+    # -- no job ran twice at once: every claim is followed by a requeue (or the end) before the next
+    claims = [e for e in seq if e[1] == "RUNNING"]
+    assert len(claims) == KILLS + 1, seq
+    assert len({c[2] for c in claims}) == KILLS + 1, "each attempt is a different worker"
+    state = None
+    for frm, to, actor, reason in seq:
+        if to == "RUNNING":
+            assert state != "RUNNING", f"two RUNNING claims without a requeue between them: {seq}"
+        if frm == "RUNNING" and to == "QUEUED":
+            assert actor == "sweeper" and "lease of" in reason and "expired" in reason, (actor, reason)
+        state = to
+    requeues = [e for e in seq if e[0] == "RUNNING" and e[1] == "QUEUED"]
+    assert len(requeues) == KILLS
+    for claim, requeue in zip(claims, requeues):  # the requeue names the lease the dead worker held
+        assert claim[2] in requeue[3]
+    assert job.attempt == KILLS + 1
+    assert [a["attempt"] for a in attempts] == list(range(1, KILLS + 1))
+
+    # -- resumed from checkpoints, not from 0
+    resumed = []
+    for prev, att in zip(attempts, attempts[1:]):
+        if att["first"] is not None:  # this attempt trained (a start-up kill trains nothing)
+            assert att["first"] == prev["ckpt_after_kill"] + 1, (prev, att)
+            resumed.append(att["first"] - 1)
+    stats = [json.loads(line) for line in client.store.get_bytes(f"jobs/{job_id}/stats.jsonl").decode().splitlines()]
+    final_start = stats[0]["step"] - 1
+    assert final_start == attempts[-1]["ckpt_after_kill"] > 0, (final_start, attempts[-1])
+    assert stats[-1]["step"] == STEPS
+    resumed.append(final_start)
+    assert sum(r > 0 for r in resumed) >= 3, resumed
+    result = json.loads(client.store.get_bytes(f"jobs/{job_id}/result.json"))
+    assert result["status"] == "completed" and result["step"] == STEPS
+    assert newest_checkpoint(client.store, job_id) == f"step-{STEPS:06d}"
+
+    # Steps recomputed because of the kills: only those after the last stored checkpoint.
+    trained = sum((a["last"] - a["first"] + 1) for a in attempts if a["first"] is not None)
+    trained += stats[-1]["step"] - final_start
+    wasted = trained - STEPS
+    figures.add("SIGKILL worker mid-training (seeded moments)", tried=KILLS, survived=KILLS, lost=0, duplicates=0,
+                notes=f"resumed at steps {resumed}; {wasted} of {trained} steps recomputed; "
+                      f"orphan training processes after kill: {orphans_seen}")
+    assert sweeper.proc.poll() is None
