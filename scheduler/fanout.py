@@ -72,7 +72,8 @@ def parent_progress(session: Session, parent_id: str) -> tuple[int, int, dict[st
 def maybe_finish_parent(session: Session, store: Store, parent_id: str, actor: str) -> Job | None:
     """After a child ends: update the parent's progress; when all children succeeded, write the
     merged manifest and finish it; when one failed for good, fail the parent (others go on)."""
-    parent = session.get(Job, parent_id)
+    # Row lock (PostgreSQL): finishers of the same parent take turns.
+    parent = session.get(Job, parent_id, with_for_update=True, populate_existing=True)
     if parent is None or parent.status != S.RUNNING.value:
         return None
     done, total, counts = parent_progress(session, parent_id)
@@ -86,9 +87,11 @@ def maybe_finish_parent(session: Session, store: Store, parent_id: str, actor: s
     if done < total:
         return None
     key = f"jobs/{parent_id}/manifest.csv"
-    info = store.put_bytes(key, merged_manifest(session, store, parent_id))
-    session.add(Artifact(job_id=parent_id, key=info.key, size=info.size, sha256=info.sha256, kind="manifest"))
-    return states.transition(session, parent_id, S.SUCCEEDED, expect=[S.RUNNING], actor=actor)
+    info = store.put_bytes(key, merged_manifest(session, store, parent_id))  # same bytes whoever writes it
+    done_job = states.transition(session, parent_id, S.SUCCEEDED, expect=[S.RUNNING], actor=actor)
+    if done_job is not None:  # the CAS winner records the object
+        session.add(Artifact(job_id=parent_id, key=info.key, size=info.size, sha256=info.sha256, kind="manifest"))
+    return done_job
 
 
 def merged_manifest(session: Session, store: Store, parent_id: str) -> bytes:

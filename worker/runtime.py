@@ -260,7 +260,10 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
 def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None) -> None:
     with session_scope(ctx.settings.db_url) as s:
         states.finish(s, run.job_id, outcome, owner=ctx.name, reason=reason)
-        if run.parent_id:
+    if run.parent_id:
+        # A transaction of its own, after the child's commit: of two shards ending together,
+        # the later one then sees both (and the sweeper catches anything missed).
+        with session_scope(ctx.settings.db_url) as s:
             fanout.maybe_finish_parent(s, ctx.store, run.parent_id, actor=ctx.name)
     log.info("job %s %s%s", run.job_id, outcome.value, f": {reason}" if reason else "")
     dispatch_ready(ctx.settings)  # dependents of this job may be ready now
