@@ -83,7 +83,7 @@ class Client:
         content-addressed: the same files give the same key and are not uploaded again)."""
         return upload_dataset(self.store, Path(path), name)
 
-    def submit(self, kind: str, *, config: dict[str, Any] | None = None, idempotency_key: str | None = None,
+    def submit(self, kind: str, /, *, config: dict[str, Any] | None = None, idempotency_key: str | None = None,
                **fields: Any) -> JobDict:
         """Submit one job of `kind` (train, generate, enhance, evaluate, noop); returns the job dict (QUEUED,
         or RUNNING for a fanned-out generation's parent).
@@ -137,6 +137,8 @@ class Client:
         local = {k: Path(str(spec[k])).expanduser() for k in ("dataset", "references")
                  if spec.get(k) is not None and not str(spec[k]).startswith("datasets/")}
         for key, path in local.items():
+            if not str(spec[key]).strip():
+                raise MedganUserError(f"{key} must name a file, a folder or a dataset key, not an empty string")
             if not path.exists():
                 raise MedganUserError(f"{key} path does not exist: {path}")
         # Validate everything else before anything is written (uploads included).

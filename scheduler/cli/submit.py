@@ -69,11 +69,18 @@ def build_config(file: Path | None, sets: list[str] | None, **options: Any) -> d
 
 
 def do_submit(kind: str, config: dict[str, Any], *, wait: bool, as_json: bool, idempotency_key: str | None,
-              **fields: Any) -> None:
+              fields: dict[str, Any]) -> None:
+    """Submit with spec `fields` (a dict, never keyword arguments: a spec file may hold any key)."""
     from scheduler.client import Client
+    from scheduler.specs import parse_spec
 
     client = Client()
-    fields["depends_on"] = fields.pop("after", None) or None
+    fields = dict(fields)
+    fields["depends_on"] = fields.pop("after", None) or fields.get("depends_on") or None
+    reserved = {"kind", "config", "idempotency_key"} & set(fields)
+    if reserved:
+        parse_spec({"kind": kind, "config": config, **fields})  # pydantic names the stray field
+        raise MedganUserError(f"unexpected spec field(s) {sorted(reserved)}")
     job = client.submit(kind, config=config, idempotency_key=idempotency_key, **fields)
     if wait:
         job = follow(client, job["id"], quiet=as_json)
@@ -109,8 +116,8 @@ def train(
     cfg = build_config(config, set_, model=model, image_size=image_size, steps=steps, batch_size=batch_size,
                        lr_g=lr, lr_d=lr, checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
                        with_masks=masks)
-    do_submit("train", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, dataset=data, gpus=gpus,
-              priority=priority, name=name, owner=owner, after=after)
+    do_submit("train", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+        dataset=data, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
 @command(app, "generate")
@@ -137,8 +144,8 @@ def generate(
                        class_counts=counts)
     if counts and count is None and "count" not in cfg:
         cfg["count"] = sum(counts.values())
-    do_submit("generate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, source_job=source,
-              shards=shards, gpus=gpus, priority=priority, name=name, owner=owner, after=after)
+    do_submit("generate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+        source_job=source, shards=shards, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
 @command(app, "enhance")
@@ -159,9 +166,9 @@ def enhance(
     """Enhance (low-light, super-resolution) a set of images and score them."""
     cfg = build_config(config, set_, method=method, gamma=gamma, strength=strength, denoise=denoise, solver=solver,
                        scale=scale)
-    do_submit("enhance", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, dataset=input_,
-              references=reference, source_job=model_job, gpus=gpus, priority=priority, name=name, owner=owner,
-              after=after)
+    do_submit("enhance", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+        dataset=input_, references=reference, source_job=model_job, gpus=gpus, priority=priority, name=name,
+        owner=owner, after=after))
 
 
 @command(app, "evaluate")
@@ -177,8 +184,8 @@ def evaluate(
 ) -> None:
     """Judge synthetic images: FID/KID/precision-recall and downstream utility."""
     cfg = build_config(config, set_, seeds=seeds, real_per_class=real_per_class, epochs=epochs)
-    do_submit("evaluate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, source_job=source,
-              dataset=real, gpus=gpus, priority=priority, name=name, owner=owner, after=after)
+    do_submit("evaluate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+        source_job=source, dataset=real, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
 @command(app, "submit")
@@ -194,4 +201,6 @@ def submit(
     if kind not in KINDS:
         fail(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
     config = spec.pop("config", None) or {}
-    do_submit(kind, config, wait=wait, as_json=json_, idempotency_key=idempotency_key, **spec)
+    if not isinstance(config, dict):
+        fail(f"`config` in {spec_file} must be a mapping of fields")
+    do_submit(kind, config, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=spec)

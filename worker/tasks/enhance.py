@@ -38,12 +38,28 @@ def handle(run: JobRun) -> None:
     run_science(run, cmd, run.work_dir / "run", child_env(run.cards if use_gpu else None))
     if run.should_stop():
         return
+    summary_path = out_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.get("count", 0) == 0:
+        failed = summary.get("failed") or [p.name for p in inputs]
+        first = _first_error(out_dir / "metrics.csv")
+        raise JobFailed(f"no image could be enhanced ({len(failed)} unreadable, e.g. {failed[0]}: {first})")
     run.upload_tree(out_dir / "images", f"{run.prefix}/images", "image")
     for name, kind in (("metrics.csv", "metrics"), ("summary.json", "summary")):
         if (out_dir / name).exists():
             run.upload(out_dir / name, f"{run.prefix}/{name}", kind)
-    summary_path = out_dir / "summary.json"
-    if summary_path.exists():
-        for name, value in json.loads(summary_path.read_text()).items():
-            if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
-                run.metric(f"{name}_mean", value["mean"])
+    for name, value in summary.items():
+        if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
+            run.metric(f"{name}_mean", value["mean"])
+
+
+def _first_error(metrics_csv) -> str:
+    import csv
+
+    if not metrics_csv.exists():
+        return "no metrics written"
+    with open(metrics_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("status", "ok") != "ok":
+                return row["status"].removeprefix("error: ")
+    return "unknown error"
