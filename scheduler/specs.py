@@ -125,7 +125,9 @@ def parse_spec(data: dict[str, Any]) -> TrainSpec | GenerateSpec | EnhanceSpec |
 def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x) in KINDS)
-        msg = err["msg"].removeprefix("Value error, ")
+        # A key may hold any character (a spec is user data): odd ones are shown quoted, never raw.
+        loc = ".".join(str(x) if str(x).isidentifier() or isinstance(x, int) else repr(x)
+                       for x in err["loc"] if str(x) not in KINDS)
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "invalid spec: " + "; ".join(parts)

@@ -170,6 +170,19 @@ def worker_process(*args: str, log: Path | None = None, env: dict[str, str] | No
         fh.close()
 
 
+@contextmanager
+def sweeper_process(log: Path) -> Iterator[subprocess.Popen]:
+    """`medgan scheduler` (the sweeper) in a subprocess, as production runs it beside the workers."""
+    fh = open(log, "wb")
+    proc = subprocess.Popen([*MEDGAN, "scheduler"], stdout=fh, stderr=subprocess.STDOUT, env=medgan_env(),
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+        fh.close()
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     if proc.poll() is None:
         try:

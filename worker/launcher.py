@@ -84,13 +84,13 @@ def run_watched(cmd: Sequence[str], *, env: dict[str, str], log_path: Path,
             return proc.returncode
         finally:
             # Whatever happened (an exception in on_tick, the worker being stopped), no orphan survives.
+            # The guardian ends only when its whole tree has; while it is unreaped its pid cannot be reused.
             if proc.poll() is None:
                 _signal_group(proc, signal.SIGTERM)
                 try:
                     proc.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
-                    pass
-            kill_tree(proc.pid)
+                    kill_tree(proc.pid)
             proc.wait()
 
 

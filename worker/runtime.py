@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -222,6 +223,9 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
         got = _claim(ctx, job_id)
     except IntegrityError:
         got = "busy"
+    except OperationalError as exc:  # a database blip: hand the job to whoever can reach it next
+        log.warning("job %s: could not claim (%s); sending it back", job_id, str(exc).splitlines()[0])
+        got = "busy"
     if got is None:
         log.info("job %s: nothing to claim (duplicate delivery or no longer queued)", job_id)
         return "skipped"
@@ -282,6 +286,9 @@ def _send_back(ctx: WorkerContext, job_id: str) -> None:
     send_job(make_celery(ctx.settings), job_id, kind, priority)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch's messages carry terminal colour codes
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    text = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
     return text.splitlines()[0][:1000] if "\n" not in text else " | ".join(text.splitlines())[:1000]

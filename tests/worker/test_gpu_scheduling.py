@@ -16,20 +16,24 @@ from sqlalchemy import func, select
 from scheduler.client import Client
 from scheduler.db import GpuLease, Job, JobEvent, session_scope
 from scheduler.errors import SpecError
-from tests.conftest import reset_settings, wait_for, worker_process
+from tests.conftest import reset_settings, sweeper_process, wait_for, worker_process
 
 TINY = {"model": "cgan", "image_size": 16, "steps": 4, "batch_size": 8, "base_channels": 8, "z_dim": 16,
         "checkpoint_every": 2, "sample_every": 4, "phantom": {"count": 32, "size": 16, "seed": 1}}
 
 
 @pytest.fixture
-def fast(embedded, monkeypatch):
-    """Embedded settings with quick heartbeats, so cancels land within a second or two."""
+def fast(embedded, monkeypatch, tmp_path):
+    """Embedded settings with quick heartbeats (cancels land within a second or two), and the sweeper
+    running as in production: it re-sends any message the broker loses while jobs bounce between workers."""
     monkeypatch.setenv("MEDGAN_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("MEDGAN_SWEEP_SECONDS", "1")
+    monkeypatch.setenv("MEDGAN_RESEND_AFTER_SECONDS", "10")
     reset_settings()
     from scheduler.settings import get_settings
 
-    return get_settings()
+    with sweeper_process(tmp_path / "sweeper.log"):
+        yield get_settings()
 
 
 def _client(settings) -> Client:
