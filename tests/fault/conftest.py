@@ -106,7 +106,8 @@ class Cluster:
     def start_worker(self, name: str, *args: str, wait: bool = True, timeout: float = 90.0) -> "Proc":
         log = self.root / f"worker-{name}.log"
         fh = open(log, "wb")
-        proc = subprocess.Popen([*MEDGAN, "worker", "--gpus", "none", *args], stdout=fh, stderr=subprocess.STDOUT,
+        gpus = [] if "--gpus" in args else ["--gpus", "none"]
+        proc = subprocess.Popen([*MEDGAN, "worker", *gpus, *args], stdout=fh, stderr=subprocess.STDOUT,
                                 env=self.worker_env(name), start_new_session=True)
         fh.close()
         self.procs.append(proc)
@@ -310,9 +311,6 @@ def figures() -> Iterator[Figures]:
     if figs.touched:
         figs.write()
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 # -- checkpoints and jobs made outside the worker -------------------------------------------------

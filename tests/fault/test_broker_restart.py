@@ -41,8 +41,7 @@ def test_broker_restart_loses_messages_not_jobs(cluster, private_redis, figures)
         assert job["status"] == "QUEUED"
         down_ids.append(job["id"])
     time.sleep(max(0.0, 1.5 - (time.monotonic() - t_down)))
-    private_redis.start()  # same port, empty
-    assert sum(private_redis.client().llen(k) for k in private_redis.client().keys("medgan.generate*")) == 0
+    private_redis.start()  # same port, empty (--save ''): what it holds from now on, the sweeper re-sent
 
     all_ids = ids + down_ids
     wait_for(lambda: all(v == "SUCCEEDED" for v in _statuses(settings, all_ids).values()), timeout=120,

@@ -12,17 +12,17 @@ import json
 import random
 import time
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from scheduler.client import Client
-from scheduler.db import Job, JobEvent, MetricPoint, session_scope
+from scheduler.db import Job, JobEvent, session_scope
 from tests.conftest import wait_for
 from tests.fault.conftest import TINY_TRAIN, processes_mentioning
 from worker.tasks._common import newest_checkpoint
 
 KILLS = 5
 SEED = 20240607
-STEPS = 44
+STEPS = 96  # more than five attempts reach (<= ~16 new steps each on a quiet machine): the last one resumes
 
 
 def _job(settings, job_id: str) -> Job:
@@ -30,16 +30,18 @@ def _job(settings, job_id: str) -> Job:
         return s.get(Job, job_id)
 
 
-def _max_metric_id(settings) -> int:
-    with session_scope(settings.db_url) as s:
-        return s.execute(select(func.max(MetricPoint.id))).scalar() or 0
-
-
-def _steps_since(settings, job_id: str, after_id: int) -> tuple[int | None, int | None]:
-    """(first, last) training step recorded after metric row `after_id`."""
-    with session_scope(settings.db_url) as s:
-        return s.execute(select(func.min(MetricPoint.step), func.max(MetricPoint.step)).where(
-            MetricPoint.job_id == job_id, MetricPoint.name == "loss_g", MetricPoint.id > after_id)).one()
+def _host_steps(home, job_id: str) -> tuple[int | None, int | None]:
+    """(first, last) step in stats.jsonl on a worker's own disk: written by the trainer every step."""
+    path = home / "work" / job_id / "run" / "stats.jsonl"
+    if not path.exists():
+        return None, None
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:  # a line half written
+            pass
+    return (steps[0], steps[-1]) if steps else (None, None)
 
 
 def _ckpt_step(store, job_id: str) -> int:
@@ -49,49 +51,54 @@ def _ckpt_step(store, job_id: str) -> int:
 
 def test_five_sigkills_resume_from_checkpoints(cluster, figures):
     rng = random.Random(SEED)
-    # A seeded plan of moments: most kills land after a random number of new steps (so they hit
-    # training, checkpoint writes and uploads at random phases), one lands during start-up.
-    plan = [("steps", rng.randint(1, 7), rng.uniform(0.0, 0.6)) for _ in range(KILLS)]
+    # A seeded plan of moments: most kills land a random number of steps (plus a random fraction of a
+    # second) after the attempt stored its first checkpoint, so they hit training, checkpoint writes
+    # and uploads at random phases; one lands during start-up, before the trainer has taken a step.
+    plan = [("steps", rng.randint(0, 5), rng.uniform(0.0, 0.15)) for _ in range(KILLS)]
     plan[rng.randrange(1, KILLS)] = ("startup", 0, rng.uniform(0.3, 2.0))
 
     settings = cluster.settings
     client = Client(settings)
     sweeper = cluster.start_sweeper()
     worker = cluster.start_worker("w0", "--queues", "medgan.train")
-    job_id = client.submit("train", config={**TINY_TRAIN, "steps": STEPS})["id"]
+    # keep_checkpoints high: the worker's upload of an older checkpoint races the trainer's pruning of it
+    # (test_checkpoint_prune_race.py); this test is about kills.
+    job_id = client.submit("train", config={**TINY_TRAIN, "steps": STEPS, "keep_checkpoints": 1000})["id"]
 
     attempts: list[dict] = []
     orphans_seen = 0
     for k, (how, n_steps, jitter) in enumerate(plan):
-        # Attempt k+1 is claimed once the sweeper has requeued the dead worker's lease.
+        # Attempt k+1 is claimed once the sweeper has requeued the dead worker's lease. Only one
+        # worker lives at a time, so the newest one holds it.
         wait_for(lambda: (lambda j: j.status == "RUNNING" and j.attempt == k + 1)(_job(settings, job_id)),
                  timeout=120, what=f"claim {k + 1}")
-        job = _job(settings, job_id)
-        mark = _max_metric_id(settings)
-        att = {"owner": job.lease_owner, "attempt": job.attempt, "how": how}
+        att = {"owner": _job(settings, job_id).lease_owner, "attempt": k + 1, "how": how}
         if how == "steps":
+            # After this attempt has stored a checkpoint of its own, a random number of steps more.
             start = _ckpt_step(client.store, job_id)
-            target = start + n_steps
+            wait_for(lambda: _ckpt_step(client.store, job_id) > start, timeout=120, interval=0.02,
+                     what=f"a new checkpoint in attempt {k + 1}")
+            target = _ckpt_step(client.store, job_id) + n_steps
 
             def reached() -> bool:
-                last = _steps_since(settings, job_id, mark)[1]
+                last = _host_steps(worker.home, job_id)[1]
                 return last is not None and last >= target
 
-            wait_for(reached, timeout=120, interval=0.05, what=f"step {target} in attempt {k}")
+            wait_for(reached, timeout=120, interval=0.02, what=f"step {target} in attempt {k + 1}")
         time.sleep(jitter)
         assert _job(settings, job_id).status == "RUNNING", "the job must still be running when it is killed"
         worker.sigkill()
-        killed_home = str(worker.home)
+        killed = worker
         # The next "host" starts at once, so it is ready about when the lease runs out.
         worker = cluster.start_worker(f"w{k + 1}", "--queues", "medgan.train", wait=False)
         # The dead worker's training processes must die with it, well before the lease expires.
         try:
-            wait_for(lambda: not processes_mentioning(killed_home), timeout=2.5, interval=0.1,
+            wait_for(lambda: not processes_mentioning(str(killed.home)), timeout=2.5, interval=0.1,
                      what="the killed worker's training processes to exit")
         except AssertionError:
             orphans_seen += 1
-            raise AssertionError(f"orphans of the killed worker: {processes_mentioning(killed_home)}")
-        att["first"], att["last"] = _steps_since(settings, job_id, mark)
+            raise AssertionError(f"orphans of the killed worker: {processes_mentioning(str(killed.home))}")
+        att["first"], att["last"] = _host_steps(killed.home, job_id)
         att["ckpt_after_kill"] = _ckpt_step(client.store, job_id)
         attempts.append(att)
 
@@ -141,7 +148,28 @@ def test_five_sigkills_resume_from_checkpoints(cluster, figures):
     trained = sum((a["last"] - a["first"] + 1) for a in attempts if a["first"] is not None)
     trained += stats[-1]["step"] - final_start
     wasted = trained - STEPS
+    figures.detail("SIGKILL worker: the attempts of one training job", (
+        "attempt", "killed", "first step trained", "last step trained", "newest stored checkpoint after the kill"),
+        [(a["attempt"], "during start-up" if a["how"] == "startup" else "mid-training", a["first"], a["last"],
+          a["ckpt_after_kill"]) for a in attempts] + [(KILLS + 1, "not killed", final_start + 1, STEPS, STEPS)])
     figures.add("SIGKILL worker mid-training (seeded moments)", tried=KILLS, survived=KILLS, lost=0, duplicates=0,
                 notes=f"resumed at steps {resumed}; {wasted} of {trained} steps recomputed; "
                       f"orphan training processes after kill: {orphans_seen}")
     assert sweeper.proc.poll() is None
+
+
+def test_sigkill_during_two_process_training_leaves_no_rank_behind(cluster, figures):
+    """torchrun puts each rank in a session of its own: a process-group kill misses them. The guardian
+    (worker/launcher.py) is a child subreaper and kills its whole tree when the worker dies."""
+    client = Client(cluster.settings)
+    worker = cluster.start_worker("w0", "--queues", "medgan.train", "--gpus", "0,1", "--fake-gpus")
+    job_id = client.submit("train", gpus=2, config={**TINY_TRAIN, "steps": 400, "keep_checkpoints": 1000})["id"]
+    wait_for(lambda: (_host_steps(worker.home, job_id)[1] or 0) >= 2, timeout=180, interval=0.05,
+             what="both ranks to train")
+    ranks = [p for p in processes_mentioning(str(worker.home)) if "medgan.train" in p[1] and "launch" not in p[1]]
+    assert len(ranks) == 2, ranks
+    worker.sigkill()
+    wait_for(lambda: not processes_mentioning(str(worker.home)), timeout=2.5, interval=0.1,
+             what="every rank and launcher of the killed worker to exit")
+    figures.add("SIGKILL worker during 2-process (torchrun) training", tried=1, survived=1,
+                notes="launcher, torchrun agent and both ranks (own sessions) gone within 2.5 s")

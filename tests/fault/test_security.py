@@ -19,7 +19,7 @@ from scheduler.client import Client
 from scheduler.errors import InvalidKey
 from scheduler.settings import Settings
 from scheduler.store import LocalStore, S3Store
-from tests.conftest import MEDGAN, free_port, medgan_env, reset_settings, wait_for
+from tests.conftest import MEDGAN, free_port, reset_settings, wait_for
 from tests.fault.conftest import TINY_TRAIN, MotoS3, RedisServer, _cluster, relist_complete
 
 
