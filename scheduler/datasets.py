@@ -70,7 +70,13 @@ def read_manifest(store: Store, key: str) -> list[dict]:
         raw = store.get_bytes(f"{key}/{MANIFEST}")
     except NotFound:
         raise NotFound(f"dataset {key} is missing or incomplete (no manifest)") from None
-    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    try:
+        entries = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+        if not all(isinstance(e, dict) and "path" in e and "sha256" in e for e in entries):
+            raise ValueError("an entry lacks path/sha256")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"dataset {key} has a corrupt {MANIFEST}: {str(exc).splitlines()[0]}") from None
+    return entries
 
 
 def download_dataset(store: Store, key: str, cache_root: Path) -> Path:

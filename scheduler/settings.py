@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDGAN_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     home: Path = Field(Path(".medgan"), description="root of the embedded database, broker and store")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under home")
-    broker_url: str | None = Field(None, description="Celery broker URL; default kombu sqla+sqlite under home")
+    # repr=False: these URLs may hold passwords, and a Settings repr must be safe to log.
+    database_url: str | None = Field(None, repr=False, description="SQLAlchemy URL; default sqlite under home")
+    broker_url: str | None = Field(None, repr=False, description="Celery broker URL; default kombu sqla+sqlite under home")
 
     s3_endpoint: str | None = Field(None, description="host:port of an S3 server; unset = local folder store")
     s3_access_key: SecretStr | None = None

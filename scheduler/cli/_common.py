@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.errors import MedganUserError
+from scheduler.errors import MedganUserError, StoreError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,6 +36,8 @@ def command(app: typer.Typer, *args: Any, **kwargs: Any) -> Callable[[Callable[.
                 return fn(*a, **k)
             except MedganUserError as exc:
                 fail(str(exc))
+            except StoreError as exc:  # the store is down or an object is corrupt: still one line
+                fail(f"artifact store: {exc}")
             except ValidationError as exc:
                 from scheduler.specs import format_validation_error
 

@@ -3,10 +3,14 @@ on the leased cards, stream progress, upload checkpoints as they complete, then 
 
 from __future__ import annotations
 
+import logging
+
 from worker.launcher import accelerate_command, child_env, free_port
 from worker.runtime import JobRun
 from worker.subproc import run_science
 from worker.tasks._common import fetch_checkpoint, newest_checkpoint
+
+log = logging.getLogger("medgan.worker")
 
 
 def handle(run: JobRun) -> None:
@@ -22,15 +26,20 @@ def handle(run: JobRun) -> None:
     uploaded: set[str] = set()
 
     def upload_new() -> None:
+        # Only the newest complete checkpoint matters for a resume, and the trainer prunes old ones
+        # (keep_checkpoints) while we read: upload the newest; one pruned under us waits for the next.
         ckpts = run_dir / "checkpoints"
-        for marker in sorted(ckpts.glob("step-*/COMPLETE")) if ckpts.exists() else []:
-            name = marker.parent.name
-            if name not in uploaded:
+        markers = sorted(ckpts.glob("step-*/COMPLETE")) if ckpts.exists() else []
+        if markers and markers[-1].parent.name not in uploaded:
+            ckpt = markers[-1].parent
+            try:
                 # COMPLETE goes last, so a checkpoint in the store without it is never used.
-                run.upload_tree(marker.parent, f"{run.prefix}/checkpoints/{name}", "checkpoint",
+                run.upload_tree(ckpt, f"{run.prefix}/checkpoints/{ckpt.name}", "checkpoint",
                                 skip=lambda p: p.name == "COMPLETE")
-                run.upload(marker, f"{run.prefix}/checkpoints/{name}/COMPLETE", "checkpoint")
-                uploaded.add(name)
+                run.upload(markers[-1], f"{run.prefix}/checkpoints/{ckpt.name}/COMPLETE", "checkpoint")
+                uploaded.add(ckpt.name)
+            except FileNotFoundError:
+                log.info("checkpoint %s was pruned while uploading; the next one will be", ckpt.name)
         samples = run_dir / "samples"
         for png in sorted(samples.glob("*.png")) if samples.exists() else []:
             if png.name not in uploaded:
