@@ -7,7 +7,6 @@ A task is thin: `execute_job(ctx, job_id, handler)` does claim → handler → f
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from scheduler.specs import parse_spec
 from scheduler.store import Store, make_store
 from scheduler.policy import admit
 from worker.gpus import Inventory
+from worker.launcher import child_env
 
 log = logging.getLogger("medgan.worker")
 S = Status
@@ -108,17 +108,18 @@ class JobRun:
         self.stop_reason: str | None = None  # set by the heartbeat: "cancelled" or "lease lost"
         self._last_progress = 0.0
 
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether the leased cards are real (a fake inventory runs its "cards" as CPU processes)."""
+        return bool(self.cards) and not self.ctx.inventory.fake
+
+    def child_env(self) -> dict[str, str]:
+        """The science subprocess's environment: it sees exactly the leased cards."""
+        return child_env(self.cards if self.uses_gpu else None)
+
     # -- inputs -------------------------------------------------------------------------
     def dataset(self, key: str) -> Path:
         return download_dataset(self.store, key, self.ctx.cache_root)
-
-    def source_job_dir(self, source_job: str, sub: str) -> Path:
-        """Download `jobs/<source>/<sub>/...` (e.g. the newest checkpoint) into the work dir."""
-        dest = self.work_dir / "inputs" / source_job / sub
-        for obj in self.store.list(f"jobs/{source_job}/{sub}/"):
-            rel = obj.key[len(f"jobs/{source_job}/{sub}/"):]
-            self.store.get_file(obj.key, dest / rel)
-        return dest
 
     # -- outputs ------------------------------------------------------------------------
     def upload(self, path: Path, key: str, kind: str) -> None:
@@ -160,12 +161,6 @@ class JobRun:
 
     def should_stop(self) -> bool:
         return self.stop_reason is not None
-
-    def write_json(self, rel: str, data: Any, kind: str) -> None:
-        path = self.work_dir / "out" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-        self.upload(path, f"{self.prefix}/{rel}", kind)
 
 
 class Heartbeat(threading.Thread):

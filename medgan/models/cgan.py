@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgan.models.blocks import DiscBlock, GenBlock, channel_plan, sn_conv, sn_linear
+from medgan.models.blocks import DiscBlock, GenBlock, channel_plan, sn_linear
 
 
 class ResGenerator(nn.Module):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from worker.launcher import child_env
 from worker.runtime import JobFailed, JobRun
 from worker.subproc import run_science
 from worker.tasks._common import fetch_checkpoint, write_invocation
@@ -34,8 +33,7 @@ def handle(run: JobRun) -> None:
         "references": refs, "model_dir": model_dir, "config": spec.config.model_dump(mode="json"),
     })
     cmd = [sys.executable, "-m", "worker.science", "enhance", str(inv)]
-    use_gpu = bool(run.cards) and not run.ctx.inventory.fake
-    run_science(run, cmd, run.work_dir / "run", child_env(run.cards if use_gpu else None))
+    run_science(run, cmd, run.work_dir / "run", run.child_env())
     if run.should_stop():
         return
     summary_path = out_dir / "summary.json"

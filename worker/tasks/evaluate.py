@@ -9,7 +9,6 @@ from sqlalchemy import select
 
 from scheduler.client import Client
 from scheduler.db import Job, session_scope
-from worker.launcher import child_env
 from worker.report import build_report
 from worker.runtime import JobFailed, JobRun
 from worker.subproc import run_science
@@ -55,8 +54,7 @@ def handle(run: JobRun) -> None:
         "config": config,
     })
     cmd = [sys.executable, "-m", "worker.science", "evaluate", str(inv)]
-    use_gpu = bool(run.cards) and not run.ctx.inventory.fake
-    run_science(run, cmd, run.work_dir / "run", child_env(run.cards if use_gpu else None))
+    run_science(run, cmd, run.work_dir / "run", run.child_env())
     if run.should_stop():
         return
     run.upload_tree(out_dir, run.prefix, "evaluation")

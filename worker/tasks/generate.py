@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from scheduler.fanout import output_prefix, shard_range
-from worker.launcher import child_env
 from worker.runtime import JobFailed, JobRun
 from worker.subproc import run_science
 from worker.tasks._common import fetch_checkpoint, write_invocation
@@ -50,8 +49,7 @@ def handle(run: JobRun) -> None:
         "provenance": provenance,
     })
     cmd = [sys.executable, "-m", "worker.science", "generate", str(inv)]
-    use_gpu = bool(run.cards) and not run.ctx.inventory.fake
-    run_science(run, cmd, run.work_dir / "run", child_env(run.cards if use_gpu else None))
+    run_science(run, cmd, run.work_dir / "run", run.child_env())
     if run.should_stop():
         return
     prefix = output_prefix(_JobRef(run))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.launcher import accelerate_command, child_env, free_port
+from worker.launcher import accelerate_command, free_port
 from worker.runtime import JobRun
 from worker.subproc import run_science
 from worker.tasks._common import fetch_checkpoint, newest_checkpoint
@@ -50,9 +50,8 @@ def handle(run: JobRun) -> None:
     args = ["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir)]
     if data_dir is not None:
         args += ["--data", str(data_dir)]
-    use_gpu = bool(run.cards) and not run.ctx.inventory.fake
-    cmd = accelerate_command("medgan.train", args, nproc, use_gpu, port=free_port() if nproc > 1 else None)
-    env = child_env(run.cards if use_gpu else None)
+    cmd = accelerate_command("medgan.train", args, nproc, run.uses_gpu, port=free_port() if nproc > 1 else None)
+    env = run.child_env()
     try:
         result = run_science(run, cmd, run_dir, env, extra_tick=upload_new)
     finally:
