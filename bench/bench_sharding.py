@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -41,7 +42,10 @@ def run(quick: bool = False) -> list[dict]:
             one = _generate(client, train["id"], count, shards, seed=1)
         with ExitStack() as stack:
             for i in range(2):
-                stack.enter_context(medgan_worker(env, tmp / f"w{i + 1}.log", "--hostname", f"bench{i}"))
+                # Two workers share this host's cores: each job gets its half of the threads.
+                threads = str(max(1, (os.cpu_count() or 2) // 2))
+                stack.enter_context(medgan_worker(env, tmp / f"w{i + 1}.log", "--hostname", f"bench{i}",
+                                                  "--cpu-threads", threads))
             two = _generate(client, train["id"], count, shards, seed=2)
     return [{"name": f"sharded generation, {count} images in {shards} shards, 32 px", "value": round(count / two, 1),
              "unit": "imgs/s with 2 workers", "baseline": round(count / one, 1), "ratio": round(one / two, 2),

@@ -39,15 +39,36 @@ def machine() -> str:
             f"{platform.python_version()}, torch {torch.__version__}, {gpu}")
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    lines = ["| benchmark | figure | value | unit | baseline | ratio | note |", "|---|---|---|---|---|---|---|"]
+HEADER = ["benchmark", "figure", "value", "unit", "baseline", "ratio", "measured", "note"]
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        v = round(v, 4)
+    return str(v).replace("|", "/")
+
+
+def table(results: dict[str, list[dict]], stamp: str, old_rows: list[str]) -> str:
+    """New rows for the benchmarks just run; the previous rows of the others are kept as they were."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    kept = [r for r in old_rows if r.split("|")[1].strip() not in results]
     for name, rows in results.items():
         for r in rows:
-            lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
-                name, r.get("name", ""), r.get("value", ""), r.get("unit", ""),
-                "" if r.get("baseline") is None else r["baseline"],
-                "" if r.get("ratio") is None else r["ratio"], str(r.get("note", "")).replace("|", "/")))
-    return "\n".join(lines)
+            lines.append("| " + " | ".join(_cell(x) for x in (
+                name, r.get("name"), r.get("value"), r.get("unit"), r.get("baseline"), r.get("ratio"), stamp,
+                r.get("note"))) + " |")
+    body = sorted(lines[2:] + kept, key=lambda l: l.split("|")[1].strip())  # stable: order kept within one
+    return "\n".join(lines[:2] + body)
+
+
+def _old_rows(text: str) -> list[str]:
+    if AUTO_START not in text:
+        return []
+    block = text.split(AUTO_START, 1)[1].split(AUTO_END, 1)[0]
+    rows = [l for l in block.splitlines() if l.startswith("| ") and not l.startswith("| benchmark")]
+    return [r for r in rows if len(r.split("|")) == len(HEADER) + 2]  # rows of the current layout only
 
 
 def main() -> int:
@@ -73,11 +94,12 @@ def main() -> int:
             failed.append(name)
         print(f"   ({time.time() - t0:.0f} s)", flush=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    block = (f"{AUTO_START}\n## Latest run: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}"
-             f" ({'quick' if args.quick else 'full'}, commit {rev or '?'})\n\nMachine: {machine()}\n\n"
-             f"{table(results)}\n\n{'Failed: ' + ', '.join(failed) if failed else ''}\n{AUTO_END}")
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC{' quick' if args.quick else ''} @{rev or '?'}"
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = (f"{AUTO_START}\n## Figures\n\nMachine of the latest run: {machine()}\n\n"
+             f"{table(results, stamp, _old_rows(text))}\n\n{'Failed: ' + ', '.join(failed) if failed else ''}\n"
+             f"{AUTO_END}")
     if AUTO_START in text:
         head, rest = text.split(AUTO_START, 1)
         text = head + block + rest.split(AUTO_END, 1)[1]

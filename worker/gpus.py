@@ -19,6 +19,7 @@ class Inventory:
     host: str
     cards: tuple[int, ...]
     fake: bool = False
+    cpu_threads: int | None = None  # CPU threads one job may use (None: every core)
 
     @property
     def real(self) -> bool:

@@ -52,12 +52,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env(visible_gpus: Sequence[int] | None) -> dict[str, str]:
+def child_env(visible_gpus: Sequence[int] | None, cpu_threads: int | None = None,
+              processes: int = 1) -> dict[str, str]:
+    """The environment of a job's science: its cards only, and its share of the CPU threads.
+
+    `cpu_threads` is what one job may use (the worker's cores over its concurrency); a job of
+    `processes` ranks splits it, so jobs side by side never oversubscribe the cores.
+    """
     env = dict(os.environ)
     # The lease decides which cards the child sees; an empty string hides every card.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in visible_gpus) if visible_gpus else ""
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, len(visible_gpus or [0])))))
+    budget = cpu_threads or os.cpu_count() or 1
+    env.setdefault("OMP_NUM_THREADS", str(max(1, budget // max(1, processes))))
     return env
 
 

@@ -113,9 +113,9 @@ class JobRun:
         """Whether the leased cards are real (a fake inventory runs its "cards" as CPU processes)."""
         return bool(self.cards) and not self.ctx.inventory.fake
 
-    def child_env(self) -> dict[str, str]:
-        """The science subprocess's environment: it sees exactly the leased cards."""
-        return child_env(self.cards if self.uses_gpu else None)
+    def child_env(self, processes: int = 1) -> dict[str, str]:
+        """The science subprocess's environment: exactly the leased cards, and this job's CPU threads."""
+        return child_env(self.cards if self.uses_gpu else None, self.ctx.inventory.cpu_threads, processes)
 
     # -- inputs -------------------------------------------------------------------------
     def dataset(self, key: str) -> Path:

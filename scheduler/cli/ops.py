@@ -69,6 +69,8 @@ def worker(
                                                                  "jobs as CPU processes (tests, laptops)")] = False,
     concurrency: Annotated[Optional[int], typer.Option(help="jobs at once (default: one per card, else 1)")] = None,
     hostname: Annotated[Optional[str], typer.Option(help="host name for GPU leases (default: this machine)")] = None,
+    cpu_threads: Annotated[Optional[int], typer.Option(help="CPU threads per job (default: cores / concurrency; "
+                                                            "lower it when several workers share a host)")] = None,
     loglevel: Annotated[Optional[str], typer.Option(help="log level (default: MEDGAN_LOG_LEVEL)")] = None,
 ) -> None:
     """Start a worker: claims jobs from the queues and runs them on its cards."""
@@ -86,10 +88,14 @@ def worker(
     unknown = [q for q in queues.split(",") if q not in C.QUEUES.values()]
     if unknown:
         fail(f"unknown queue(s) {unknown}; choose from {', '.join(C.QUEUES.values())}")
-    inv = Inventory(host=hostname or default_host(), cards=tuple(cards), fake=fake_gpus)
+    import os
+
+    slots = concurrency or max(1, len(cards))
+    threads = cpu_threads or max(1, (os.cpu_count() or 1) // slots)
+    inv = Inventory(host=hostname or default_host(), cards=tuple(cards), fake=fake_gpus, cpu_threads=threads)
     loglevel = (loglevel or settings.log_level).upper()
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    start_worker(settings, inv, queues.split(","), concurrency or max(1, len(cards)), loglevel=loglevel)
+    start_worker(settings, inv, queues.split(","), slots, loglevel=loglevel)
 
 
 @command(app, "scheduler")

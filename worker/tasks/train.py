@@ -51,7 +51,7 @@ def handle(run: JobRun) -> None:
     if data_dir is not None:
         args += ["--data", str(data_dir)]
     cmd = accelerate_command("medgan.train", args, nproc, run.uses_gpu, port=free_port() if nproc > 1 else None)
-    env = run.child_env()
+    env = run.child_env(processes=nproc)
     try:
         result = run_science(run, cmd, run_dir, env, extra_tick=upload_new)
     finally:
