@@ -56,9 +56,13 @@ def table(results: dict[str, list[dict]], stamp: str, old_rows: list[str]) -> st
     kept = [r for r in old_rows if r.split("|")[1].strip() not in results]
     for name, rows in results.items():
         for r in rows:
+            # Context a benchmark returned beside the standard keys (sizes, seeds...) goes into the note.
+            extra = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("name", "value", "unit", "baseline",
+                                                                           "ratio", "note"))
+            note = "; ".join(x for x in (r.get("note"), extra) if x)
             lines.append("| " + " | ".join(_cell(x) for x in (
                 name, r.get("name"), r.get("value"), r.get("unit"), r.get("baseline"), r.get("ratio"), stamp,
-                r.get("note"))) + " |")
+                note)) + " |")
     body = sorted(lines[2:] + kept, key=lambda l: l.split("|")[1].strip())  # stable: order kept within one
     return "\n".join(lines[:2] + body)
 
