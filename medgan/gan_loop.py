@@ -18,7 +18,7 @@ from medgan import rundir
 from medgan.callbacks import Callbacks
 from medgan.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from medgan.config import TrainConfig
-from medgan.data import ImageDataset, load_dataset, phantom_dataset
+from medgan.data import ImageDataset, training_dataset
 from medgan.diffaug import diff_augment
 from medgan.errors import DataError
 from medgan.losses import d_loss, g_loss, r1_penalty
@@ -32,12 +32,7 @@ _SAMPLE_STREAM = 7  # generator stream id of the fixed sample-grid noise
 
 def load_training_data(cfg: TrainConfig, data_dir: Path | None) -> ImageDataset:
     """The dataset of a run, checked against the config (classes, masks). Raises DataError."""
-    if data_dir is not None:
-        ds = load_dataset(Path(data_dir), cfg.image_size, cfg.channels)
-    elif cfg.phantom is not None:
-        ds = phantom_dataset(cfg.phantom, cfg.image_size, cfg.channels)
-    else:
-        raise DataError("no training data: data_dir is None and the config has no phantom spec")
+    ds = training_dataset(cfg, data_dir)
     if cfg.num_classes == 1:
         ds.labels = torch.zeros_like(ds.labels)  # unconditional: one class
     elif ds.num_classes > cfg.num_classes:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medgan.config import PhantomSpec
+from medgan.config import PhantomSpec, TrainConfig
 from medgan.data import readers
 from medgan.errors import DataError
 
@@ -207,3 +207,12 @@ def phantom_dataset(spec: PhantomSpec, image_size: int, channels: int = 1) -> Im
     return ImageDataset(images=x.repeat(1, channels, 1, 1), labels=torch.from_numpy(labels),
                         masks=torch.from_numpy(masks)[:, None].float(), class_names=list(CLASS_NAMES),
                         files=[f"phantom_{k:06d}" for k in range(spec.count)])
+
+
+def training_dataset(cfg: TrainConfig, data_dir: Path | None) -> ImageDataset:
+    """A training run's images: the folder `data_dir`, else the config's phantom (DataError if neither)."""
+    if data_dir is not None:
+        return load_dataset(Path(data_dir), cfg.image_size, cfg.channels)
+    if cfg.phantom is not None:
+        return phantom_dataset(cfg.phantom, cfg.image_size, cfg.channels)
+    raise DataError("no training data: data_dir is None and the config has no phantom spec")

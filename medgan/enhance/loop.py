@@ -17,8 +17,7 @@ from medgan import rundir
 from medgan.callbacks import Callbacks
 from medgan.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from medgan.config import TrainConfig
-from medgan.data import load_dataset, phantom_dataset
-from medgan.errors import DataError
+from medgan.data import training_dataset
 
 
 class Trainer(Protocol):
@@ -36,12 +35,7 @@ class Trainer(Protocol):
 
 def clean_images(cfg: TrainConfig, data_dir: Path | None) -> torch.Tensor:
     """Training images ``[N, C, S, S]`` in [0, 1]: a folder, else the bundled phantom."""
-    if data_dir is not None:
-        ds = load_dataset(Path(data_dir), cfg.image_size, cfg.channels)
-    elif cfg.phantom is not None:
-        ds = phantom_dataset(cfg.phantom, cfg.image_size, cfg.channels)
-    else:
-        raise DataError("no training data: data_dir is None and the config has no phantom spec")
+    ds = training_dataset(cfg, data_dir)
     return ((ds.images + 1) / 2).clamp(0, 1).contiguous()
 
 

@@ -21,12 +21,7 @@ from medgan.phantom import make_phantom
 REAL = PhantomSpec(count=96, size=32, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_synthetic(folder: Path, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None = None) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medgan.config import EvaluateConfig, PhantomSpec
@@ -62,12 +61,7 @@ def _write_train(run: Path) -> Path:
     return run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_report_renders_everything_self_contained(tmp_path):

@@ -23,13 +23,7 @@ from medgan.evaluate.utility import (
 from medgan.phantom import make_phantom
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine is shared: one intra-op thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _phantom_set(count: int, seed: int, size: int = 32) -> LabeledSet:
