@@ -143,3 +143,29 @@ def status(json_: Annotated[bool, typer.Option("--json", help="print JSON")] = F
         queues.add_row(q["queue"], str(q["queued"]), str(q["running"]))
     console.print(queues)
     console.print(jobs_table(data["running"], title="running jobs"))
+
+
+@command(app, "auth-proxy")
+def auth_proxy(
+    route: Annotated[list[str], typer.Option("--route", help="PORT=UPSTREAM_URL to protect (repeatable), "
+                                                             "e.g. 5555=http://flower:5555")],
+    user_env: Annotated[str, typer.Option(help="environment variable holding the user name")] = "FLOWER_USER",
+    password_env: Annotated[str, typer.Option(help="environment variable holding the password")] = "FLOWER_PASSWORD",
+    address: Annotated[str, typer.Option(help="address to listen on")] = "0.0.0.0",
+) -> None:
+    """Serve endpoints that have no login of their own (Flower's /metrics, medgan's /metrics) behind basic auth."""
+    import os
+
+    from scheduler.authproxy import serve
+
+    routes: dict[int, str] = {}
+    for item in route:
+        port, sep, upstream = item.partition("=")
+        if not sep or not port.isdigit() or not upstream.startswith(("http://", "https://")):
+            fail(f"--route takes PORT=http://host:port, not {item!r}")
+        routes[int(port)] = upstream
+    user, password = os.environ.get(user_env, ""), os.environ.get(password_env, "")
+    if not user or not password:
+        fail(f"set {user_env} and {password_env}: the proxy never serves without a login")
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(routes, user, password, address)

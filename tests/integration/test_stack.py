@@ -90,9 +90,13 @@ def test_compose_keeps_open_endpoints_private() -> None:
     operator who needs them elsewhere puts a reverse proxy with a login in front (docs/monitoring.md, Security)."""
     doc = yaml.safe_load(COMPOSE.read_text())
     for service in ("flower", "scheduler"):
-        ports = [str(p) for p in doc["services"][service].get("ports", [])]
-        for port in ports:
-            assert port.startswith("${PUBLISH_ADDR:-127.0.0.1}:"), f"{service}'s port is published publicly: {port}"
+        # Their open endpoints are never published directly: only through the auth proxy.
+        assert not doc["services"][service].get("ports"), f"{service} publishes a port without a login"
+    proxy = doc["services"]["auth-proxy"]
+    assert sorted(str(p) for p in proxy["ports"]) == ["${PUBLISH_ADDR:-127.0.0.1}:5555:5555",
+                                                      "${PUBLISH_ADDR:-127.0.0.1}:9108:9108"]
+    assert "5555=http://flower:5555" in proxy["command"] and "9108=http://scheduler:9108" in proxy["command"]
+    assert "FLOWER_PASSWORD:?" in proxy["environment"]["FLOWER_PASSWORD"]
     auth = [t for t in compose_flower_command() if str(t).startswith("--basic-auth=")]
     assert auth and "FLOWER_PASSWORD:?" in auth[0], "Flower must refuse to start without a password"
 
