@@ -11,14 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _time(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from bench._timing import best_of
 
 
 def _distance_rows(quick: bool) -> list[dict]:
@@ -29,10 +22,10 @@ def _distance_rows(quick: bool) -> list[dict]:
     for n, d in ([(500, 64)] if quick else [(500, 64), (2048, 64), (2048, 2048)]):
         a, b = rng.normal(size=(n, d)), rng.normal(size=(n, d)) + 0.1
         ctx = {"n": n, "dim": d}
-        rows.append({"name": "fid_seconds", "value": _time(lambda: fid(a, b, "bench"), 1), "unit": "s", **ctx})
-        rows.append({"name": "kid_seconds", "value": _time(lambda: kid(a, b, "bench", 50, 100), 1), "unit": "s",
+        rows.append({"name": "fid_seconds", "value": best_of(lambda: fid(a, b, "bench"), 1)[0], "unit": "s", **ctx})
+        rows.append({"name": "kid_seconds", "value": best_of(lambda: kid(a, b, "bench", 50, 100), 1)[0], "unit": "s",
                      "subsets": 50, "subset_size": 100, **ctx})
-        rows.append({"name": "precision_recall_seconds", "value": _time(lambda: precision_recall(a, b, "bench"), 1),
+        rows.append({"name": "precision_recall_seconds", "value": best_of(lambda: precision_recall(a, b, "bench"), 1)[0],
                      "unit": "s", "k": 3, **ctx})
     return rows
 

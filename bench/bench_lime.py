@@ -8,10 +8,10 @@ pipeline, megapixels per second). Agreement is reported as PSNR between enhanced
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
+
+from bench._timing import best_of
 
 
 def _frame(h: int, w: int) -> np.ndarray:
@@ -24,15 +24,6 @@ def _frame(h: int, w: int) -> np.ndarray:
     return darken(np.clip(img, 0, 1), DarkenSpec(exposure=0.1, photons=5000, seed=0))
 
 
-def _best(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def run(quick: bool = False) -> list[dict]:
     """Rows: fast vs direct solve time at the small size, and fast LIME megapixels/s at 1080p."""
     from medgan import metrics as M
@@ -42,8 +33,8 @@ def run(quick: bool = False) -> list[dict]:
     img = _frame(*small)
     t_hat = torch.from_numpy(img.max(2))
     wx, wy = lime_weights(t_hat, 2.0, 1e-3)
-    t_direct, exact = _best(lambda: solve_exact(t_hat, wx, wy, 0.15), 1)
-    t_fast, (fast, stats) = _best(lambda: solve_fast(t_hat, wx, wy, 0.15), 3)
+    t_direct, exact = best_of(lambda: solve_exact(t_hat, wx, wy, 0.15), 1)
+    t_fast, (fast, stats) = best_of(lambda: solve_fast(t_hat, wx, wy, 0.15), 3)
     enh_e, _ = lime_enhance(img, solver="exact")
     enh_f, _ = lime_enhance(img, solver="fast")
     agree = float(M.psnr(enh_f, enh_e).item())
@@ -55,7 +46,7 @@ def run(quick: bool = False) -> list[dict]:
                      f"{stats['iterations'][-1]}"}]
     big = (540, 960) if quick else (1080, 1920)
     frame = _frame(*big)
-    t_big, _ = _best(lambda: lime_enhance(frame, solver="fast"), 2)
+    t_big, _ = best_of(lambda: lime_enhance(frame, solver="fast"), 2)
     mp_big = big[0] * big[1] / 1e6
     rows.append({"name": f"lime_enhance_{big[1]}x{big[0]}", "value": round(mp_big / t_big, 3), "unit": "MP/s",
                  "baseline": round(mpix / (t_direct * 1.0), 3), "ratio": round((mp_big / t_big) / (mpix / t_direct), 2),

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-
-def _best(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from bench._timing import best_of
 
 
 def run(quick: bool = False) -> list[dict]:
     """Images/s of our batched metrics vs a loop of skimage calls over the same batch."""
-    from skimage import data, measure, metrics as skm, util
+    from skimage import data, measure, util
+    from skimage import metrics as skm
 
     from medgan import metrics as M
 
@@ -45,7 +37,7 @@ def run(quick: bool = False) -> list[dict]:
     # multi-threaded small ops 30x slower, which measures the neighbours, not the code.
     torch.set_num_threads(1)
     try:
-        timings = {name: (_best(ours), _best(theirs)) for name, (ours, theirs) in cases.items()}
+        timings = {name: (best_of(ours)[0], best_of(theirs)[0]) for name, (ours, theirs) in cases.items()}
     finally:
         torch.set_num_threads(threads)
     for name, (t_ours, t_sk) in timings.items():
