@@ -23,7 +23,7 @@ from scheduler.broker import make_celery, queue_for, send_job
 from scheduler.db import (
     Artifact, Job, JobEvent, MetricPoint, Status, get_engine, new_id, session_scope, utcnow,
 )
-from scheduler.fanout import is_fanout_parent, plan_children, retry_failed_children
+from scheduler.fanout import is_fanout_parent, parent_progress, plan_children, retry_failed_children
 from scheduler.policy import host_cards
 from scheduler.errors import DatabaseUnavailable, MedganUserError, NotFound, SpecError
 from scheduler.settings import Settings
@@ -188,17 +188,10 @@ def get_job(settings: Settings, job_id: str) -> dict[str, Any]:
             {"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "actor": e.actor, "reason": e.reason}
             for e in job.events
         ]
-        out["children"] = _children_summary(session, job.id)
+        out["children"] = parent_progress(session, job.id)[2]  # children per status
         if job.status == S.QUEUED.value:
             out["queue_position"], out["waiting_reason"] = queue_position(session, job)
         return out
-
-
-def _children_summary(session: Session, job_id: str) -> dict[str, int]:
-    rows = session.execute(
-        select(Job.status, func.count()).where(Job.parent_id == job_id).group_by(Job.status)
-    ).all()
-    return {status: n for status, n in rows}
 
 
 def queue_position(session: Session, job: Job) -> tuple[int, str]:

@@ -30,16 +30,12 @@ def sweep_once(settings: Settings, store: Store | None = None) -> dict[str, int]
     store = store or make_store(settings)
     with session_scope(settings.db_url) as s:
         moved = states.requeue_expired(s, now, actor=ACTOR)
-        parents = {
-            pid for (pid,) in s.execute(
-                select(Job.parent_id).where(Job.id.in_([m[0] for m in moved]), Job.parent_id.is_not(None))
-            )
-        } if moved else set()
+        # Every running fan-out parent: one whose last shard's worker died before finishing it ends here.
         running_parents = s.execute(
             select(Job.id).where(Job.status == Status.RUNNING.value, Job.lease_expires_at.is_(None),
                                  Job.id.in_(select(Job.parent_id).where(Job.parent_id.is_not(None))))
         ).scalars().all()
-        for pid in set(running_parents) | parents:
+        for pid in running_parents:
             fanout.maybe_finish_parent(s, store, pid, actor=ACTOR)
         stale = now - timedelta(seconds=max(60.0, 6 * settings.heartbeat_seconds))
         gone = s.execute(delete(Worker).where(Worker.last_seen < stale)).rowcount

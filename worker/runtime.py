@@ -182,7 +182,6 @@ class Heartbeat(threading.Thread):
                     self.run_.stop_reason = "lease lost"
                 elif cancel:
                     self.run_.stop_reason = "cancelled"
-                self.run_.ctx.touch()
             except OperationalError as exc:  # a database blip: keep trying until the lease runs out
                 log.warning("heartbeat for %s failed: %s", self.run_.job_id, exc)
 
