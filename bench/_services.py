@@ -65,7 +65,7 @@ def process(args: list[str], env: dict[str, str], log: Path, ready: bytes = b" r
 
 
 def medgan_worker(env: dict[str, str], log: Path, *extra: str):
-    return process([sys.executable, "-m", "scheduler", "worker", "--gpus", "none", *extra], env, log)
+    return process([sys.executable, "-m", "cli", "worker", "--gpus", "none", *extra], env, log)
 
 
 def settings_env(**values: str) -> dict[str, str]:

@@ -19,8 +19,8 @@ from typing import Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MEDGAN = [sys.executable, "-m", "scheduler"]
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+MEDGAN = [sys.executable, "-m", "cli"]
+REDIS_HOST = "127.0.0.1"
 PG_URL = os.environ.get("MEDGAN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
@@ -78,17 +78,44 @@ def embedded(env_home: Path):
     return settings
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private redis-server for the whole session, on a free port, keeping nothing on disk.
+
+    The shared server on 6379 belongs to everything else on the machine (other sessions' tests and benchmarks):
+    flushing a database there could destroy their work, so the tests flush only a server they own.
+    """
+    import shutil
+
+    require(shutil.which("redis-server") is not None, "redis-server (the tests run a private Redis)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", REDIS_HOST, "--save", "",
+                             "--appendonly", "no", "--databases", "16", "--logfile", str(log)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not port_open(REDIS_HOST, port, 0.2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            require(False, f"a private redis-server on port {port} ({log})")
+        time.sleep(0.05)
+    yield port
+    stop_process(proc)
+
+
+_redis_dbs = iter(range(10**9))
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    require(port_open(REDIS_HOST, REDIS_PORT), f"Redis at {REDIS_HOST}:{REDIS_PORT}")
+def redis_url(redis_server: int) -> Iterator[str]:
+    """An empty database of the private server per test (rq's habit), emptied before and after."""
     import redis
 
-    # A database of its own per test (rq's habit), emptied before and after.
-    db = 1 + (uuid.uuid4().int % 14)
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    db = next(_redis_dbs) % 16
+    client = redis.Redis(host=REDIS_HOST, port=redis_server, db=db)
     client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    yield f"redis://{REDIS_HOST}:{redis_server}/{db}"
     client.flushdb()
+    client.close()
 
 
 @pytest.fixture

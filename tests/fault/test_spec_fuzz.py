@@ -45,7 +45,7 @@ def test_parse_spec_never_crashes(data):
 
 
 def test_cli_submit_file_never_crashes(embedded, tmp_path, figures):
-    from scheduler.cli import app
+    from cli import app
 
     runner = CliRunner()
     path = tmp_path / "spec.json"

@@ -40,7 +40,7 @@ def proxy():
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     port = free_port()
     env = dict(os.environ, FLOWER_USER="ops", FLOWER_PASSWORD="s3cret")
-    proc = subprocess.Popen([sys.executable, "-m", "scheduler", "auth-proxy", "--route",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "auth-proxy", "--route",
                              f"{port}=http://127.0.0.1:{upstream.server_address[1]}", "--address", "127.0.0.1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -75,6 +75,6 @@ def test_with_the_login_it_forwards_without_leaking_it(proxy):
 
 def test_refuses_to_start_without_a_password():
     env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_USER", "FLOWER_PASSWORD")}
-    r = subprocess.run([sys.executable, "-m", "scheduler", "auth-proxy", "--route", "9=http://x:1"], env=env,
+    r = subprocess.run([sys.executable, "-m", "cli", "auth-proxy", "--route", "9=http://x:1"], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "never serves without a login" in r.stderr

@@ -252,7 +252,7 @@ def test_medgan_command_exists_in_cli(service: str) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from scheduler.cli import app
+    from cli import app
 
     argv = medgan_commands()[service]
     path, options = split_argv(argv)
@@ -461,7 +461,7 @@ def test_docs_medgan_commands_parse() -> None:
     """Each documented `medgan ...` line names real commands and options (values are not checked)."""
     from typer.testing import CliRunner
 
-    from scheduler.cli import app
+    from cli import app
 
     commands = documented_medgan_commands()
     assert len(commands) > 10, "the guide's commands were not found"

@@ -9,7 +9,7 @@ import sys
 import yaml
 
 from scheduler.client import Client
-from scheduler.cli.pipeline import run_pipeline
+from cli.pipeline import run_pipeline
 from scheduler.errors import MedganUserError
 from tests.conftest import worker_process
 
@@ -72,7 +72,7 @@ def test_bad_pipeline_files_write_nothing(embedded, tmp_path):
         assert "not an earlier step" in str(exc)
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"steps": [{"id": "a", "kind": "train", "config": {"steps": -1}}]}))
-    proc = subprocess.run([sys.executable, "-m", "scheduler", "pipeline", "run", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "cli", "pipeline", "run", str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "steps" in proc.stderr
     assert client.jobs() == []

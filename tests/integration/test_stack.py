@@ -4,7 +4,7 @@ The same processes the compose file describes, each a real subprocess of the rea
 
 | compose service | here |
 |---|---|
-| postgres, redis   | a fresh database on the shared servers (tests.conftest postgres_url / redis_url) |
+| postgres, redis   | a fresh database on the shared PostgreSQL, a database of the session's private redis-server (tests.conftest) |
 | minio, minio-init | moto's ThreadedMotoServer over HTTP (the store creates its bucket itself) |
 | migrate           | `medgan db upgrade` |
 | scheduler         | `medgan scheduler --metrics-port P` (the sweeper and medgan's Prometheus /metrics) |

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from scheduler.cli._common import command, console, fmt_duration, follow, jobs_table, print_json
+from cli._common import command, console, fmt_duration, follow, jobs_table, print_json
 
 app = typer.Typer(help="List, inspect, cancel, retry and download jobs.", no_args_is_help=True,
                   add_completion=False)

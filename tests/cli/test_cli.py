@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from scheduler.db import Job, session_scope
 
-MEDGAN = [sys.executable, "-m", "scheduler"]
+MEDGAN = [sys.executable, "-m", "cli"]
 
 
 def run(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 
 
 def test_help_is_fast_and_does_not_import_torch():
-    code = "import sys, time; t=time.time(); import scheduler.cli; print(time.time()-t, 'torch' in sys.modules)"
+    code = "import sys, time; t=time.time(); import cli; print(time.time()-t, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"
     proc = run("--help")

@@ -14,9 +14,9 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer with click installed
     from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-from scheduler.cli import jobs as jobs_cli
-from scheduler.cli import ops, submit
-from scheduler.cli._common import err_console
+from cli import jobs as jobs_cli
+from cli import ops, submit
+from cli._common import err_console
 
 app = typer.Typer(
     name="medgan",
@@ -33,7 +33,7 @@ app.add_typer(ops.db_app, name="db")
 
 def _register_late() -> None:
     # Areas that live in their own modules; imported here so their commands join the app.
-    from scheduler.cli import demo, pipeline, report  # noqa: F401
+    from cli import demo, pipeline, report  # noqa: F401
 
     app.registered_commands += demo.app.registered_commands
     app.registered_commands += report.app.registered_commands

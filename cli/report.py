@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from scheduler.cli._common import command, console, print_json
+from cli._common import command, console, print_json
 
 app = typer.Typer(add_completion=False)
 

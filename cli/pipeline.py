@@ -17,8 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from scheduler.cli._common import command, console, follow, jobs_table, print_json
-from scheduler.cli.submit import load_file
+from cli._common import command, console, follow, jobs_table, print_json
+from cli.submit import load_file
 from scheduler.errors import MedganUserError
 
 app = typer.Typer(help="Run multi-step pipelines from a YAML file.", no_args_is_help=True, add_completion=False)

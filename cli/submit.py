@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from scheduler.cli._common import command, console, err_console, fail, follow, print_json
+from cli._common import command, console, err_console, fail, follow, print_json
 from scheduler.errors import MedganUserError
 
 app = typer.Typer(add_completion=False)

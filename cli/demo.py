@@ -15,13 +15,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 from scheduler import migrate
-from scheduler.cli._common import fmt_duration, follow
+from cli._common import command, fmt_duration, follow
 from scheduler.client import Client
 from scheduler.settings import get_settings
 
@@ -30,7 +31,7 @@ console = Console(stderr=True)
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "scheduler", *args], stdout=open(log, "ab"),
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -131,3 +132,16 @@ def _summary(client: Client, jobs: list[dict[str, Any]], settings: Any, code: in
                               f"{summary[m]['sd']:.3f}{unit} (dark input {summary['input_' + m]['mean']:.3f}{unit}), "
                               f"{summary['count']} images")
     return code
+
+
+app = typer.Typer(add_completion=False)
+
+
+@command(app, "demo")
+def demo(
+    steps: Annotated[int, typer.Option(help="training steps of the demo GAN")] = 300,
+    count: Annotated[int, typer.Option(help="synthetic images to generate")] = 64,
+    shards: Annotated[int, typer.Option(help="generation shards (child jobs)")] = 2,
+) -> None:
+    """Start a worker and the sweeper, run train → generate → enhance, print a summary, stop them."""
+    raise typer.Exit(run_demo(steps=steps, count=count, shards=shards))

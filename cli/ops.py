@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from scheduler import constants as C
-from scheduler.cli._common import command, console, fail, jobs_table, print_json
+from cli._common import command, console, fail, jobs_table, print_json
 
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True, add_completion=False)
 app = typer.Typer(add_completion=False)
