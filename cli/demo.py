@@ -56,7 +56,7 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
 def make_lowlight_set(root: Path, n: int = 6, size: int = 128) -> tuple[Path, Path]:
     """Darkened phantom images and their originals (same file names), for a scored enhancement."""
     from medgan.config import PhantomSpec
-    from medgan.enhance.io import write_png
+    from medgan.pngio import write_png
     from medgan.enhance.pairs import make_lowlight_pair
     from medgan.phantom import make_phantom
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medgan.data.policy import ReadPolicy
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,6 +60,7 @@ class TrainConfig(_Frozen):
     mixed_precision: Precision = "auto"
     sr_scale: Literal[2, 4] = Field(4, description="super-resolution factor (esrgan only)")
     perceptual_weights: str | None = Field(None, description="local VGG weights file for SR perceptual loss")
+    read: ReadPolicy = Field(default_factory=ReadPolicy, description="how dataset files are read (medgan.data)")
 
     @field_validator("image_size")
     @classmethod
@@ -118,6 +121,7 @@ class EnhanceConfig(_Frozen):
     tile: int = Field(256, ge=32, le=4096, description="tile size for SR inference")
     tile_overlap: int = Field(16, ge=0, le=256)
     y_channel: bool = Field(True, description="score RGB on the Y channel (SR convention)")
+    read: ReadPolicy = Field(default_factory=ReadPolicy, description="how input files are read (medgan.data)")
 
     @field_validator("gamma")
     @classmethod
@@ -148,3 +152,4 @@ class EvaluateConfig(_Frozen):
     pr_k: int = Field(3, ge=1, le=50, description="k of the k-NN manifolds for precision/recall")
     bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples of the test images (0: off)")
     batch_size: int = Field(32, ge=1, le=4096, description="batch size of the downstream networks")
+    read: ReadPolicy = Field(default_factory=ReadPolicy, description="how the real set's files are read")

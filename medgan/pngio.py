@@ -65,6 +65,7 @@ def write_png(path: Path, image: np.ndarray, bit_depth: int = 8, text: dict[str,
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     blob = encode_png(to_uint(image, bit_depth), text)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(blob)
     return blob
 

@@ -3,33 +3,41 @@
 Everything is decoded, resized and normalised once at load time into one tensor
 [N, C, S, S] in [-1, 1]: GAN training samples random batches every step, and per-step
 seeded indexing of a tensor is both fast and exactly reproducible after a resume.
+
+Files come from `medgan.data.tree` (sealed: nothing outside the root), pixels from
+`read_image` under one ReadPolicy, labels from labels.csv or first-level sub-folders.
+Nothing is reshaped silently: an unreadable file fails the load naming it (on_error=fail),
+or is skipped and counted by reason in `ImageDataset.report` (on_error=skip).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from medgan.config import PhantomSpec, TrainConfig
-from medgan.data import readers
+from medgan.data.inputs import Inputs, list_inputs, mask_for
+from medgan.data.labels import read_labels
+from medgan.data.policy import ReadPolicy
+from medgan.data.readers import Image, read_image
+from medgan.data.report import ReadError, ReadReport
 from medgan.errors import DataError
 
 log = logging.getLogger(__name__)
-OnError = Literal["skip", "fail"]
+SKIP_HINT = " (read.on_error=skip skips such files and counts them)"
 
 
 @dataclass
 class ImageDataset(Dataset):
     """images [N, C, S, S] float32 in [-1, 1]; labels [N] int64; masks [N, 1, S, S] in {0, 1} or None.
 
-    `skipped` lists (file, reason) for unreadable inputs; `class_names[k]` names label k.
+    `report` counts files read and skipped by reason; `skipped` lists (file, reason) for each
+    skipped file; `class_names[k]` names label k.
     """
 
     images: torch.Tensor
@@ -38,6 +46,7 @@ class ImageDataset(Dataset):
     class_names: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    report: ReadReport = field(default_factory=ReadReport)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -51,7 +60,7 @@ class ImageDataset(Dataset):
         return max(len(self.class_names), int(self.labels.max()) + 1 if len(self) else 0)
 
 
-def _square(frame: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+def square(frame: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     """Centre-crop to a square, then resize to size x size (area filter when shrinking)."""
     import cv2
 
@@ -66,136 +75,167 @@ def _square(frame: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     return np.clip(out, 0, 1) if not nearest else out
 
 
-def _channels(frame: np.ndarray, channels: int) -> np.ndarray:
-    """[H, W] or [H, W, 3] -> [C, H, W] with C = channels (luma for gray, replicate for RGB)."""
-    if frame.ndim == 3:
-        if channels == 1:
-            frame = frame @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
+def _chw(frame: np.ndarray) -> np.ndarray:
+    """[H, W] -> [1, H, W]; [H, W, 3] -> [3, H, W] (the reader already made the colour the policy's)."""
+    return frame[None] if frame.ndim == 2 else np.moveaxis(frame, -1, 0)
+
+
+class _Labeller:
+    """Labels per image file: labels.csv, else first-level sub-folder names, else one class."""
+
+    def __init__(self, inputs: Inputs, policy: ReadPolicy, report: ReadReport):
+        self.report, self.fail = report, policy.on_error == "fail"
+        self.table = read_labels(inputs.labels_csv.path) if inputs.labels_csv else None
+        self.by_folder = self.table is None and any("/" in e.rel for e in inputs.images)
+        self.class_dirs = inputs.class_dirs if self.by_folder else []
+        if self.table is not None:
+            self._check_rows(inputs)
+            raw = [v for v, _ in self.table.rows.values()]
+            if self.table.duplicates:
+                report.note("labels.csv rows repeated with the same label", self.table.duplicates)
+            if all(v.lstrip("-").isdigit() for v in raw):
+                ids = sorted({int(v) for v in raw})
+                if ids[0] < 0:
+                    raise DataError(f"labels.csv: negative label {ids[0]}")
+                self.names = [self.table.class_names.get(k, str(k)) for k in range(ids[-1] + 1)]
+                self.index = {str(k): k for k in ids} | {v: int(v) for v in raw}
+            else:
+                self.names = sorted(set(raw))
+                self.index = {v: i for i, v in enumerate(self.names)}
+        elif self.by_folder:
+            self.names = sorted(self.class_dirs)
+            self.index = {n: i for i, n in enumerate(self.names)}
         else:
-            return np.moveaxis(frame, -1, 0)
-    return np.repeat(frame[None], channels, axis=0)
+            self.names, self.index = ["0"], {}
 
-
-def _labels_csv(root: Path) -> tuple[dict[str, str], dict[int, str]] | None:
-    """labels.csv -> ({file: label}, {numeric label: class name} from an optional 'class' column)."""
-    p = root / "labels.csv"
-    if not p.is_file():
-        return None
-    with open(p, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise DataError(f"{p} has no rows")
-    fcol = next((c for c in ("file", "filename", "path", "image") if c in rows[0]), None)
-    lcol = next((c for c in ("label", "class", "target") if c in rows[0]), None)
-    if fcol is None or lcol is None:
-        raise DataError(f"{p} needs a 'file' and a 'label' column, found {list(rows[0])}")
-    names = {}
-    if lcol != "class" and "class" in rows[0]:
-        names = {int(r[lcol]): r["class"].strip() for r in rows if r[lcol].strip().lstrip("-").isdigit()}
-    return {r[fcol].replace("\\", "/"): r[lcol].strip() for r in rows}, names
-
-
-def _is_mask(path: Path, root: Path) -> bool:
-    rel = path.relative_to(root)
-    return "masks" in rel.parts[:-1] or path.name.lower().split(".")[0].endswith("_mask")
-
-
-def _mask_for(path: Path, root: Path) -> Path | None:
-    """Mask beside an image: `<stem>_mask.*`, `<dir>/masks/<stem>.*` or `<root>/masks/<stem>.*`."""
-    stem = path.name.split(".")[0]
-    for d, name in ((path.parent, f"{stem}_mask"), (path.parent / "masks", stem), (root / "masks", stem)):
-        for ext in (".png", ".tif", ".tiff", ".bmp"):
-            if (d / (name + ext)).is_file():
-                return d / (name + ext)
-    return None
-
-
-def _scan(root: Path) -> list[Path]:
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and readers.kind_of(p) and not _is_mask(p, root)]
-    return [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
-
-
-def _label_names(root: Path, files: list[Path], csv_info) -> tuple[list[str], dict[Path, int]]:
-    """Class names and per-file labels, from labels.csv or first-level sub-folder names."""
-    if csv_info is not None:
-        table, known = csv_info
-        raw = {p: table.get(p.relative_to(root).as_posix(), table.get(p.name)) for p in files}
-        missing = [p.relative_to(root).as_posix() for p, v in raw.items() if v is None]
+    def _check_rows(self, inputs: Inputs) -> None:
+        """Every row names a file of the dataset (by path, or by a name that is unique)."""
+        rels = {e.rel for e in inputs.images}
+        names: dict[str, list[str]] = {}
+        for r in rels:
+            names.setdefault(r.rsplit("/", 1)[-1], []).append(r)
+        self.lookup: dict[str, str] = {}
+        missing = []
+        for key, (label, line) in self.table.rows.items():
+            if key in rels:
+                self.lookup[key] = label
+            elif "/" not in key and len(names.get(key, [])) == 1:
+                self.lookup[names[key][0]] = label
+            elif "/" not in key and len(names.get(key, [])) > 1:
+                raise DataError(f"labels.csv line {line}: {key} matches {len(names[key])} files "
+                                f"({', '.join(sorted(names[key])[:3])}); give its path")
+            else:
+                missing.append((key, line))
         if missing:
-            log.warning("%d files are not in labels.csv and are ignored (first: %s)", len(missing), missing[0])
-        raw = {p: v for p, v in raw.items() if v is not None}
-        if all(v.lstrip("-").isdigit() for v in raw.values()):
-            ids = {p: int(v) for p, v in raw.items()}
-            return [known.get(k, str(k)) for k in range(max(ids.values(), default=-1) + 1)], ids
-        names = sorted(set(raw.values()))
-        return names, {p: names.index(v) for p, v in raw.items()}
-    groups = {p: (p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "") for p in files}
-    names = sorted(set(groups.values()))
-    return names, {p: names.index(g) for p, g in groups.items()}
+            key, line = missing[0]
+            if self.fail:
+                raise DataError(f"labels.csv line {line} names {key}, which is not an image of the dataset "
+                                f"({len(missing)} such rows){SKIP_HINT}")
+            self.report.note("labels.csv rows naming files not in the dataset", len(missing))
+
+    def label_of(self, rel: str) -> int:
+        if self.table is not None:
+            if rel not in self.lookup:
+                raise ReadError(rel, "unlabelled", "image is not in labels.csv")
+            return self.index[self.lookup[rel]]
+        if self.by_folder:
+            if "/" not in rel:
+                raise ReadError(rel, "unlabelled", "image is outside every class folder (sub-folders are the "
+                                "classes)")
+            return self.index[rel.split("/", 1)[0]]
+        return 0
 
 
-def _read(path: Path, nifti_axis: int) -> tuple[list[np.ndarray], np.ndarray | None, list | None]:
-    kind = readers.kind_of(path)
-    if kind == "image":
-        return readers.read_image(path), None, None
-    if kind == "dicom":
-        return readers.read_dicom(path), None, None
-    if kind == "nifti":
-        return readers.read_nifti(path, axis=nifti_axis), None, None
-    return readers.read_npz(path)
+def load_dataset(path: Path, image_size: int, channels: int, *, policy: ReadPolicy | None = None,
+                 on_error: str | None = None, nifti_axis: int | None = None) -> ImageDataset:
+    """Read a folder (or one file) of PNG/JPEG/TIFF/BMP/DICOM/NIfTI/npz into an ImageDataset.
 
-
-def load_dataset(path: Path, image_size: int, channels: int, *, on_error: OnError = "skip",
-                 nifti_axis: int = 2) -> ImageDataset:
-    """Read a folder (or one file) of PNG/JPEG/TIFF/DICOM/NIfTI/npz into an ImageDataset.
-
-    Labels come from `labels.csv` (file,label) or first-level sub-folder names (sorted);
-    masks from `masks/<stem>.png` or `<stem>_mask.png`; used only if every image has one.
-    Unreadable files are skipped with a logged count (`on_error="skip"`) or raise DataError
-    naming the file (`"fail"`). No readable image at all raises DataError.
+    Labels come from `labels.csv` (file,label[,class]) or first-level sub-folder names (sorted);
+    masks from `masks/<stem>.png` or `<stem>_mask.png`, used when every image has one. Files are
+    read under `policy` (its colour set by `channels`; `on_error`/`nifti_axis` override it).
+    Raises DataError naming the file (and line) at fault.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset path {path} does not exist")
-    root = path if path.is_dir() else path.parent
-    files = _scan(root) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"no image files ({', '.join(readers.ALL_EXTS)}) found under {path}")
-    names, file_labels = _label_names(root, files, _labels_csv(root) if path.is_dir() else None)
+    policy = policy or ReadPolicy()
+    update = {k: v for k, v in (("on_error", on_error), ("slice_axis", nifti_axis)) if v is not None}
+    policy = policy.model_copy(update=update).for_channels(channels)
+    inputs = list_inputs(Path(path))
+    report = ReadReport(notes=dict(inputs.notes))
+    labeller = _Labeller(inputs, policy, report)
     images, labels, masks, used, skipped = [], [], [], [], []
-    for f in [f for f in files if f in file_labels]:
-        rel = f.relative_to(root).as_posix()
+    per_class = dict.fromkeys(range(len(labeller.names)), 0)
+    for entry in inputs.images:
         try:
-            frames, own_labels, own_masks = _read(f, nifti_axis)
-            mask_path = _mask_for(f, root) if own_masks is None and len(frames) == 1 else None
-            if mask_path is not None:
-                own_masks = [readers.read_mask(mask_path)]
-            for j, fr in enumerate(frames):
-                images.append(_channels(_square(fr, image_size), channels))
-                labels.append(int(own_labels[j]) if own_labels is not None else file_labels[f])
-                m = own_masks[j] if own_masks is not None else None
-                masks.append(None if m is None else _square(m.astype(np.float32), image_size, nearest=True) > 0.5)
-                used.append(rel if len(frames) == 1 else f"{rel}#{j}")
-        except Exception as exc:  # any decoder failure: name the file, never crash the run
-            if on_error == "fail":
-                raise DataError(f"cannot read {rel}: {type(exc).__name__}: {exc}") from exc
-            skipped.append((rel, f"{type(exc).__name__}: {exc}"))
-    if skipped:
-        log.warning("skipped %d unreadable files: %s", len(skipped), ", ".join(s[0] for s in skipped[:10]))
+            label = labeller.label_of(entry.rel)
+            img = read_image(entry.path, policy, name=entry.rel)
+            own_masks = img.masks if img.masks is not None else _mask(inputs, entry.rel, img, policy)
+        except ReadError as err:
+            if policy.on_error == "fail":
+                raise DataError(f"{err}{SKIP_HINT}") from None
+            report.skip(err)
+            skipped.append((err.file, err.detail))
+            continue
+        _account(report, img)
+        for j in range(len(img)):
+            images.append(_chw(square(img.frame(j), image_size)))
+            labels.append(int(img.labels[j]) if img.labels is not None else label)
+            m = own_masks[j] if own_masks is not None else None
+            masks.append(None if m is None else square(m.astype(np.float32), image_size, nearest=True) > 0.5)
+            used.append(entry.rel if len(img) == 1 else f"{entry.rel}#{img.indices[j]}")
+            per_class[labels[-1]] = per_class.get(labels[-1], 0) + 1
     if not images:
-        detail = f"; {len(skipped)} unreadable (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise DataError(f"dataset {path} has no readable images{detail}")
+        first = f"; {report.skipped_total} skipped (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise DataError(f"dataset {Path(path).name} has no readable images{first}")
+    _check_classes(labeller, per_class)
     have_masks = all(m is not None for m in masks)
     if not have_masks and any(m is not None for m in masks):
-        log.warning("only some images have masks; masks are ignored")
+        report.note("masks found for only some images: masks not used")
+    if report.skipped:
+        log.warning("%s", report.line())
     lab = torch.as_tensor(labels, dtype=torch.int64)
-    if names == [""] or len(names) < int(lab.max()) + 1:
-        names = [str(k) for k in range(int(lab.max()) + 1)]
+    names = labeller.names if len(labeller.names) >= int(lab.max()) + 1 else [str(k) for k in range(int(lab.max()) + 1)]
     return ImageDataset(
         images=torch.from_numpy(np.stack(images)).float() * 2 - 1,  # [N, C, S, S] in [-1, 1]
         labels=lab,
         masks=torch.from_numpy(np.stack(masks)[:, None].astype(np.float32)) if have_masks else None,
-        class_names=names, files=used, skipped=skipped)
+        class_names=names, files=used, skipped=skipped, report=report)
+
+
+def _account(report: ReadReport, img: Image) -> None:
+    report.files_read += 1
+    report.images += len(img)
+    report.formats[img.format] = report.formats.get(img.format, 0) + 1
+    for n in img.notes:
+        report.note(n)
+    if img.dropped_empty:
+        report.note("near-constant volume slices left out", img.dropped_empty)
+
+
+def _mask(inputs: Inputs, rel: str, img: Image, policy: ReadPolicy) -> list[np.ndarray] | None:
+    """The mask beside an image, as bool [H, W] in a one-item list; ReadError when it does not fit."""
+    entry = mask_for(inputs, rel)
+    if entry is None:
+        return None
+    if len(img) != 1:
+        raise ReadError(rel, "bad_mask", f"has {len(img)} frames; masks beside multi-frame files are not read")
+    mpol = policy.model_copy(update={"color": "gray", "frames": "refuse", "scaling": "dtype", "min_side": 1})
+    try:
+        m = read_image(entry.path, mpol, name=entry.rel).frame(0) > 0
+    except ReadError as err:
+        raise ReadError(rel, "bad_mask", f"its mask {err}") from None
+    if m.shape != img.frame(0).shape[:2]:
+        raise ReadError(rel, "bad_mask", f"image is {img.frame(0).shape[1]} x {img.frame(0).shape[0]} but its "
+                        f"mask {entry.rel} is {m.shape[1]} x {m.shape[0]}")
+    return [m]
+
+
+def _check_classes(labeller: _Labeller, per_class: dict[int, int]) -> None:
+    """A class without images would make a conditional model of fewer classes than the data says."""
+    if labeller.by_folder or labeller.table is not None:
+        empty = [labeller.names[k] for k, n in sorted(per_class.items()) if n == 0 and k < len(labeller.names)]
+        if empty:
+            where = "class folder" if labeller.by_folder else "class"
+            raise DataError(f"{where} {empty[0]!r} holds no readable images"
+                            + (f" ({len(empty)} empty classes)" if len(empty) > 1 else ""))
 
 
 def phantom_dataset(spec: PhantomSpec, image_size: int, channels: int = 1) -> ImageDataset:
@@ -206,13 +246,14 @@ def phantom_dataset(spec: PhantomSpec, image_size: int, channels: int = 1) -> Im
     x = torch.from_numpy(images)[:, None] * 2 - 1  # [N, 1, S, S] in [-1, 1]
     return ImageDataset(images=x.repeat(1, channels, 1, 1), labels=torch.from_numpy(labels),
                         masks=torch.from_numpy(masks)[:, None].float(), class_names=list(CLASS_NAMES),
-                        files=[f"phantom_{k:06d}" for k in range(spec.count)])
+                        files=[f"phantom_{k:06d}" for k in range(spec.count)],
+                        report=ReadReport(files_read=0, images=spec.count, formats={"phantom": spec.count}))
 
 
 def training_dataset(cfg: TrainConfig, data_dir: Path | None) -> ImageDataset:
     """A training run's images: the folder `data_dir`, else the config's phantom (DataError if neither)."""
     if data_dir is not None:
-        return load_dataset(Path(data_dir), cfg.image_size, cfg.channels)
+        return load_dataset(Path(data_dir), cfg.image_size, cfg.channels, policy=cfg.read)
     if cfg.phantom is not None:
         return phantom_dataset(cfg.phantom, cfg.image_size, cfg.channels)
     raise DataError("no training data: data_dir is None and the config has no phantom spec")

@@ -148,16 +148,34 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def _frames(path: Path, cfg: EnhanceConfig) -> list[tuple[str, np.ndarray, int]]:
+    """(output stem, [H, W] or [H, W, 3] in [0, 1], output bit depth) for each image of one input file.
+
+    Read by `medgan.data` like every job kind's inputs: colour kept, 16-bit by its true range,
+    DICOM through its modality and VOI LUTs; frames/slices as `cfg.read` says.
+    """
+    from medgan.data import read_image
+
+    img = read_image(path, cfg.read.model_copy(update={"color": "keep"}))
+    depth = 16 if img.bit_depth > 8 else 8
+    stem = path.name.split(".")[0] if path.name.lower().endswith(".nii.gz") else path.stem
+    if len(img) == 1:
+        return [(stem, img.frame(0), depth)]
+    return [(f"{stem}_{k:03d}", img.frame(j), depth) for j, k in enumerate(img.indices)]
+
+
 def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
                     references: list[Path] | None = None, model_dir: Path | None = None,
                     callbacks: Callbacks | None = None) -> dict:
     """Enhance every input image, score it, and write images, metrics.csv and summary.json.
 
-    References are matched to inputs by file stem. A corrupt input (or reference) is recorded
-    in metrics.csv's ``status`` column and the others go on. Returns the summary:
-    ``{metric: {"mean", "sd"}, "count", "failed", "method", "params", ...}``.
+    References are matched to inputs by file stem. An unreadable input fails the run naming it
+    (``cfg.read.on_error="fail"``), or is skipped and counted by reason in the summary's ``read``
+    (``"skip"``; its metrics.csv row says why). Returns the summary:
+    ``{metric: {"mean", "sd"}, "count", "failed", "method", "params", "read", ...}``.
     """
-    from medgan.enhance.io import read_image, write_png
+    from medgan.data import ReadError, ReadReport
+    from medgan.pngio import write_png
 
     callbacks = callbacks or Callbacks()
     out_dir = Path(out_dir)
@@ -165,29 +183,40 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
     refs = {Path(p).stem: Path(p) for p in (references or [])}
     enhancer = make_enhancer(cfg, model_dir)  # loads a model once; bad model_dir fails here
     rows: list[dict[str, Any]] = []
+    report = ReadReport()
     stopped = False
     for i, path in enumerate(inputs):
         if callbacks.should_stop():
             stopped = True
             break
         path = Path(path)
-        row: dict[str, Any] = {"file": path.name, "status": "ok"}
         try:
-            img, depth = read_image(path)
-            out, used = enhancer(img)
-            write_png(out_dir / "images" / f"{path.stem}.png", out, bit_depth=depth)
-            ref = read_image(refs[path.stem])[0] if path.stem in refs else None
-            row.update(_score(out, ref, cfg))
-            row["has_reference"] = ref is not None
-            if ref is not None and cfg.method not in SR_METHODS and img.shape == ref.shape:
-                # The untouched input against the same reference: the bar the method must clear.
-                base = _score(img, ref, cfg)
-                row.update({f"input_{k}": base[k] for k in ("psnr", "ssim", "mse")})
-            row.update({f"param_{k}": v for k, v in used.items()})
-        except (DataError, ValueError) as exc:
-            row["status"] = f"error: {exc}"
-        rows.append(row)
-        callbacks.on_progress(i + 1, len(inputs), {"file": path.name, "status": row["status"]})
+            frames = _frames(path, cfg)
+            report.files_read += 1
+            report.images += len(frames)
+        except ReadError as err:
+            if cfg.read.on_error == "fail":
+                raise DataError(f"{err} (read.on_error=skip skips such files and counts them)") from None
+            report.skip(err)
+            frames = []
+            rows.append({"file": path.name, "status": f"skipped: {err.reason}: {err.detail}"})
+        for stem, img, depth in frames:
+            row: dict[str, Any] = {"file": path.name if len(frames) == 1 else f"{path.name}#{stem}", "status": "ok"}
+            try:
+                out, used = enhancer(img)
+                write_png(out_dir / "images" / f"{stem}.png", out, bit_depth=depth)
+                ref = _frames(refs[stem], cfg)[0][1] if stem in refs else None
+                row.update(_score(out, ref, cfg))
+                row["has_reference"] = ref is not None
+                if ref is not None and cfg.method not in SR_METHODS and img.shape == ref.shape:
+                    # The untouched input against the same reference: the bar the method must clear.
+                    base = _score(img, ref, cfg)
+                    row.update({f"input_{k}": base[k] for k in ("psnr", "ssim", "mse")})
+                row.update({f"param_{k}": v for k, v in used.items()})
+            except (DataError, ValueError) as exc:
+                row["status"] = f"error: {exc}"
+            rows.append(row)
+        callbacks.on_progress(i + 1, len(inputs), {"file": path.name, "status": rows[-1]["status"] if rows else "ok"})
     _write_csv(out_dir / "metrics.csv", rows)
     names = ["psnr", "ssim", "mse", "entropy", "avg_gradient", "std", "input_psnr", "input_ssim", "input_mse"]
     summary: dict[str, Any] = _summary(rows, names)
@@ -197,6 +226,7 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
         "method": cfg.method,
         "params": _auto_params(cfg, rows),
         "stopped": stopped,
+        "read": report.to_dict(),
     })
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -15,7 +15,15 @@ from medgan import metrics as M
 from medgan.config import EnhanceConfig
 from medgan.enhance import enhance_dataset
 from medgan.enhance.classical import clahe, gamma_correct, hist_equalize
-from medgan.enhance.io import read_image, write_png
+from medgan.data import read_image as _read_image
+from medgan.errors import DataError
+from medgan.pngio import write_png
+
+
+def read_image(path: Path) -> tuple[np.ndarray, int]:
+    """The first frame in [0, 1] and its bit depth, read as every job kind reads (medgan.data)."""
+    img = _read_image(path)
+    return img.frame(0), img.bit_depth
 from medgan.enhance.pairs import DarkenSpec, darken, downsample, make_lowlight_pair
 
 
@@ -91,15 +99,18 @@ def test_enhance_dataset_scores_and_survives_corrupt_files(tmp_path: Path) -> No
         refs.append(refd / f"{name}.png")
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     inputs.insert(1, src / "broken.png")
+    with pytest.raises(DataError, match=r"broken\.png: .*read\.on_error=skip"):  # the default refuses it by name
+        enhance_dataset(EnhanceConfig(method="lime"), inputs, tmp_path / "refused", references=refs)
     progress = []
-    summary = enhance_dataset(EnhanceConfig(method="lime"), inputs, tmp_path / "out", references=refs,
-                              callbacks=_callbacks(progress))
+    summary = enhance_dataset(EnhanceConfig(method="lime", read={"on_error": "skip"}), inputs, tmp_path / "out",
+                              references=refs, callbacks=_callbacks(progress))
     assert summary["count"] == 3 and summary["failed"] == ["broken.png"]
+    assert summary["read"]["skipped"] == {"corrupt": 1} and summary["read"]["files_read"] == 3
     assert summary["params"]["gamma"]["auto"] is True and 0.3 <= summary["params"]["gamma"]["mean"] <= 1
     assert set(summary) >= {"psnr", "ssim", "entropy", "avg_gradient", "std", "method"}
     assert [p[0] for p in progress] == [1, 2, 3, 4]
     rows = list(csv.DictReader(open(tmp_path / "out" / "metrics.csv")))
-    assert [r["status"].split(":")[0] for r in rows] == ["ok", "error", "ok", "ok"]
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "skipped", "ok", "ok"]
     assert "broken.png" in rows[1]["file"]
     out_ct, depth = read_image(tmp_path / "out" / "images" / "ct.png")
     assert depth == 16 and out_ct.shape == imgs["ct"].shape

@@ -14,7 +14,7 @@ from medgan import metrics as M
 from medgan.checkpoint import latest_checkpoint
 from medgan.config import EnhanceConfig, PhantomSpec, TrainConfig
 from medgan.enhance import enhance_dataset
-from medgan.enhance.io import write_png
+from medgan.pngio import write_png
 from medgan.enhance.pairs import make_sr_pair
 from medgan.enhance.sr import (Discriminator, RRDBNet, load_esrgan, ragan_losses, receptive_radius,
                                upscale_bicubic, upscale_tiled)

@@ -13,7 +13,7 @@ from medgan.callbacks import Callbacks
 from medgan.checkpoint import latest_checkpoint
 from medgan.config import EnhanceConfig, PhantomSpec, TrainConfig
 from medgan.enhance import enhance_dataset
-from medgan.enhance.io import write_png
+from medgan.pngio import write_png
 from medgan.enhance.zerodce import (DCENet, apply_curves, color_constancy_loss, exposure_loss,
                                     illumination_smoothness_loss, load_zerodce, spatial_consistency_loss)
 

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 
 from worker.runtime import JobFailed, JobRun
 from worker.subproc import run_science
 from worker.tasks._common import fetch_checkpoint, write_invocation
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".gz", ".npz"}
+
+
+def _images(run: JobRun, key: str) -> list[str]:
+    """The dataset's image files, chosen by content as every job kind chooses them (medgan.data)."""
+    from medgan.data import list_inputs
+    from medgan.errors import DataError
+
+    try:
+        return [str(e.path) for e in list_inputs(run.dataset(key)).images]
+    except DataError as exc:
+        raise JobFailed(f"dataset {key}: {exc}") from None
 
 
 def handle(run: JobRun) -> None:
     spec = run.spec
-    data = run.dataset(spec.dataset)
-    inputs = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not inputs:
-        raise JobFailed(f"dataset {spec.dataset} holds no images")
-    refs = None
-    if spec.references:
-        ref_dir = run.dataset(spec.references)
-        refs = sorted(str(p) for p in ref_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    inputs = _images(run, spec.dataset)
+    refs = _images(run, spec.references) if spec.references else None
     model_dir = None
     if spec.config.method in ("zerodce", "esrgan"):
         if not spec.source_job:
@@ -39,7 +44,7 @@ def handle(run: JobRun) -> None:
     summary_path = out_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if summary.get("count", 0) == 0:
-        failed = summary.get("failed") or [p.name for p in inputs]
+        failed = summary.get("failed") or [Path(p).name for p in inputs]
         first = _first_error(out_dir / "metrics.csv")
         raise JobFailed(f"no image could be enhanced ({len(failed)} unreadable, e.g. {failed[0]}: {first})")
     run.upload_tree(out_dir / "images", f"{run.prefix}/images", "image")
