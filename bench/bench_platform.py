@@ -1,152 +1,253 @@
-"""The platform's own cost, against plain Celery on the same Redis (same process, same machine, same run).
+"""The platform's own cost against Celery's own, in one run, on private services (bench/_services.py).
 
-- per-job latency of a no-op job: submit → claimed → SUCCEEDED (PostgreSQL row, claim, events, heartbeat
-  thread) vs a raw Celery task round trip (`delay().get()` with a Redis result backend);
-- 1,000 queued jobs: submission rate, and drain time with one worker vs the same for raw Celery;
-- sharded generation with 1 vs 2 worker processes (speed-up).
+The baseline is a plain Celery app (bench/raw_celery.py) on the same private Redis, with medgan's Celery
+configuration, the same pool (threads) and the same concurrency as the medgan worker. Every figure is the
+best of `rounds` runs that alternate medgan and raw Celery, and the clock of each runs only while both
+workers are up and ready (worker start-up is never timed).
+
+- round trip: a no-op job from submit to SUCCEEDED (`Client.submit`, then the job row polled every 0.5 ms)
+  against a raw `send_task().get()` (result over Redis); p50 of `n` in a row;
+- drain: `n` jobs queued before one worker starts; rate = jobs finished per second between the first and the
+  last completion (medgan: the rows' finished_at; raw: the results' date_done), the same definition both sides;
+- submission: `Client.submit_many` of `n` no-op jobs into PostgreSQL + Redis, and `Client.submit` one by one,
+  against raw `send_task` one by one (no database at all);
+- sweep: a 100-child sweep submitted as one parent (what `medgan jobs` lists).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
-import tempfile
 import time
+from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
+from typing import Any, Callable
 
-from bench._services import apply_env, medgan_worker, postgres_db, process, redis_db, settings_env
+from bench._services import Services, apply_env, medgan_worker, process, services, settings_env
+from bench._timing import alternate
+
+POLL_S = 0.0005  # how often the round trip polls the job row (raw Celery's .get() is pushed, not polled)
+WARMUP = 5
+# Private Redis databases, one per use.
+DB_MEDGAN, DB_RAW, DB_RAW_RESULTS, DB_DRAIN, DB_BULK = 0, 1, 2, 3, 4
 
 
-def _wait_status(settings, job_id: str, poll: float = 0.002, timeout: float = 60.0) -> None:
-    from sqlalchemy import select
+def _row_poller(db_url: str) -> tuple[Callable[[str], str | None], Callable[[], None]]:
+    """status(job_id) over one raw psycopg connection (a prepared statement): the lightest poll there is."""
+    import psycopg
+    from sqlalchemy.engine import make_url
 
-    from scheduler.db import Job, get_engine
+    url = make_url(db_url).set(drivername="postgresql")
+    conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
 
-    engine = get_engine(settings.db_url)
+    def status(job_id: str) -> str | None:
+        row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,), prepare=True).fetchone()
+        return row[0] if row else None
+
+    return status, conn.close
+
+
+def _wait_terminal(status: Callable[[str], str | None], job_id: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    with engine.connect() as conn:
-        while time.monotonic() < deadline:
-            status = conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
-            conn.rollback()
-            if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                return
-            time.sleep(poll)
-    raise TimeoutError(job_id)
+    while status(job_id) not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
+        time.sleep(POLL_S)
 
 
-def _medgan_latency(n: int, tmp: Path, pg: str) -> tuple[list[float], list[float]]:
-    from scheduler import migrate
+def _raw_app(svc: Services):
+    from bench.raw_celery import make_app
+
+    return make_app(f"{svc.redis}/{DB_RAW}", f"{svc.redis}/{DB_RAW_RESULTS}")
+
+
+def _raw_env(svc: Services) -> dict[str, str]:
+    env = settings_env(home=str(svc.tmp / "raw"))
+    env.update(RAW_BROKER=f"{svc.redis}/{DB_RAW}", RAW_BACKEND=f"{svc.redis}/{DB_RAW_RESULTS}")
+    return env
+
+
+def raw_worker(svc: Services, log: Path, concurrency: int):
+    """Celery's own worker with medgan's pool (threads) and concurrency, on the raw app's queue."""
+    cmd = [sys.executable, "-m", "celery", "-A", "bench.raw_celery", "worker", "--pool", "threads",
+           "-c", str(concurrency), "-Q", "raw", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    return process(cmd, _raw_env(svc), log)
+
+
+def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
+    from scheduler.client import Client
     from scheduler.db import Job, session_scope
-    from scheduler.jobs import submit
     from scheduler.settings import get_settings
 
-    env = settings_env(home=str(tmp / "home"), database_url=pg, broker_url=redis_db(14))
+    env = svc.medgan_env("rt", DB_MEDGAN)
     apply_env(env)
-    settings = get_settings()
-    migrate.upgrade(settings)
-    total, claim = [], []
-    with medgan_worker(env, tmp / "medgan-worker.log", "--concurrency", "1"):
-        for i in range(n + 3):
+    client = Client(get_settings())
+    raw = _raw_app(svc)
+    status, close = _row_poller(svc.database)
+    ids: list[str] = []
+
+    def medgan_p50(count: int = n) -> float:
+        times = []
+        for _ in range(count):
             t0 = time.perf_counter()
-            job = submit(settings, {"kind": "noop"})
-            _wait_status(settings, job.id)
-            if i >= 3:  # warm-up
-                total.append(time.perf_counter() - t0)
-                with session_scope(settings.db_url) as s:
-                    row = s.get(Job, job.id)
-                    claim.append((row.started_at - row.created_at).total_seconds())
-    return total, claim
+            job_id = client.submit("noop")["id"]
+            _wait_terminal(status, job_id)
+            times.append(time.perf_counter() - t0)
+            ids.append(job_id)
+        return statistics.median(times)
 
-
-def _raw_latency(n: int, tmp: Path) -> list[float]:
-    env = settings_env()
-    env.update(RAW_BROKER=redis_db(13), RAW_BACKEND=redis_db(12))
-    import os
-
-    os.environ.update(RAW_BROKER=env["RAW_BROKER"], RAW_BACKEND=env["RAW_BACKEND"])
-    from bench import raw_celery
-
-    raw_celery.app.conf.update(broker_url=env["RAW_BROKER"], result_backend=env["RAW_BACKEND"])
-    out = []
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.raw_celery", "worker", "--pool", "solo", "-c", "1",
-           "--without-gossip", "--without-mingle", "-l", "INFO"]
-    with process(cmd, env, tmp / "raw-worker.log"):
-        for i in range(n + 3):
+    def raw_p50(count: int = n) -> float:
+        times = []
+        for _ in range(count):
             t0 = time.perf_counter()
-            raw_celery.noop.delay().get(timeout=30)
-            if i >= 3:
-                out.append(time.perf_counter() - t0)
-    return out
+            raw.send_task("raw.noop").get(timeout=60)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    try:
+        with ExitStack() as stack:  # both workers up and ready before any clock starts
+            stack.enter_context(medgan_worker(env, svc.tmp / "rt-medgan.log", "--concurrency", "1"))
+            stack.enter_context(raw_worker(svc, svc.tmp / "rt-raw.log", 1))
+            medgan_p50(WARMUP), raw_p50(WARMUP)
+            ids.clear()
+            got = alternate({"medgan": medgan_p50, "raw": raw_p50}, rounds)
+    finally:
+        close()
+    with session_scope(client.settings.db_url) as s:
+        rows = [s.get(Job, i) for i in ids]
+        claim = statistics.median((r.started_at - r.created_at).total_seconds() for r in rows)
+        inside = statistics.median((r.finished_at - r.created_at).total_seconds() for r in rows)
+    m, r = min(got["medgan"]), min(got["raw"])
+    return [
+        {"name": "noop job round trip (p50)", "value": round(m * 1000, 2), "unit": "ms",
+         "baseline": round(r * 1000, 2), "ratio": round(m / r, 2),
+         "note": f"submit→SUCCEEDED (Client.submit, row polled every {POLL_S * 1000:g} ms) vs raw Celery "
+                 f"send_task().get(); threads pool, concurrency 1 both; best p50 of {rounds} alternating runs "
+                 f"of n={n}; per-run p50s medgan {_ms(got['medgan'])}, raw {_ms(got['raw'])}; from the rows: "
+                 f"created→claimed p50 {claim * 1000:.1f} ms, created→finished p50 {inside * 1000:.1f} ms"},
+        {"name": "overhead per job (p50)", "value": round((m - r) * 1000, 2), "unit": "ms",
+         "note": "medgan round trip p50 minus raw Celery round trip p50, same run"},
+    ]
 
 
-def _drain(n: int, tmp: Path, pg: str) -> dict[str, float]:
-    """Queue n jobs, then time one worker draining them; the same for raw Celery."""
+def _ms(values: list[float]) -> str:
+    return "/".join(f"{v * 1000:.1f}" for v in values)
+
+
+def _span_rate(times: list[datetime]) -> float:
+    """Completions per second between the first and the last completion."""
+    span = (max(times) - min(times)).total_seconds()
+    return (len(times) - 1) / span if span > 0 else float("inf")
+
+
+def _drain(svc: Services, n: int, rounds: int) -> list[dict]:
+    import redis
     from sqlalchemy import func, select
 
-    from scheduler import migrate
+    from scheduler.client import Client
     from scheduler.db import Job, session_scope
-    from scheduler.jobs import submit
     from scheduler.settings import get_settings
 
-    env = settings_env(home=str(tmp / "home2"), database_url=pg, broker_url=redis_db(11))
+    env = svc.medgan_env("drain", DB_DRAIN)
     apply_env(env)
-    settings = get_settings()
-    migrate.upgrade(settings)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        submit(settings, {"kind": "noop"})
-    submit_s = time.perf_counter() - t0
-    with medgan_worker(env, tmp / "drain-worker.log", "--concurrency", "1"):
+    client = Client(get_settings())
+    raw = _raw_app(svc)
+    results = redis.Redis.from_url(f"{svc.redis}/{DB_RAW_RESULTS}")
+
+    def medgan_rate() -> float:
+        svc.redis_db(DB_DRAIN)
+        ids = [j["id"] for j in client.submit_many([{"kind": "noop"}] * n)]
+        with medgan_worker(env, svc.tmp / "drain-medgan.log", "--concurrency", "1"):
+            deadline = time.monotonic() + 600
+            while True:
+                with session_scope(client.settings.db_url) as s:
+                    done = s.execute(select(func.count()).where(Job.id.in_(ids), Job.status == "SUCCEEDED")).scalar_one()
+                if done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"medgan drained {done} of {n} jobs in 600 s")
+                time.sleep(0.02)
+        with session_scope(client.settings.db_url) as s:
+            finished = list(s.execute(select(Job.finished_at).where(Job.id.in_(ids))).scalars())
+        return _span_rate(finished)
+
+    def raw_rate() -> float:
+        svc.redis_db(DB_RAW), svc.redis_db(DB_RAW_RESULTS)
+        ids = [raw.send_task("raw.noop").id for _ in range(n)]
+        with raw_worker(svc, svc.tmp / "drain-raw.log", 1):
+            deadline = time.monotonic() + 600
+            while results.dbsize() < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"raw Celery drained {results.dbsize()} of {n} tasks in 600 s")
+                time.sleep(0.02)
+        metas = results.mget([f"celery-task-meta-{i}" for i in ids])
+        return _span_rate([datetime.fromisoformat(json.loads(m)["date_done"]) for m in metas])
+
+    got = alternate({"medgan": medgan_rate, "raw": raw_rate}, rounds)
+    results.close()
+    m, r = max(got["medgan"]), max(got["raw"])
+    return [{"name": f"drain {n} queued no-op jobs, 1 worker", "value": round(m, 1), "unit": "jobs/s",
+             "baseline": round(r, 1), "ratio": round(m / r, 3),
+             "note": f"jobs queued first, then one worker (threads, concurrency 1) started; rate between the "
+                     f"first and last completion (medgan finished_at, raw date_done); best of {rounds} "
+                     f"alternating runs: medgan {_rates(got['medgan'])}, raw {_rates(got['raw'])} jobs/s; "
+                     f"{1000 / m - 1000 / r:.2f} ms/job over raw Celery"}]
+
+
+def _rates(values: list[float]) -> str:
+    return "/".join(f"{v:.0f}" for v in values)
+
+
+def _submission(svc: Services, n_bulk: int, n_single: int, rounds: int) -> list[dict]:
+    from scheduler.client import Client
+    from scheduler.settings import get_settings
+
+    env = svc.medgan_env("bulk", DB_BULK)
+    apply_env(env)
+    client = Client(get_settings())
+    raw = _raw_app(svc)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        svc.redis_db(DB_BULK), svc.redis_db(DB_RAW)  # no worker here: empty the queues each time
         t0 = time.perf_counter()
-        while True:
-            with session_scope(settings.db_url) as s:
-                done = s.execute(select(func.count()).where(Job.status == "SUCCEEDED")).scalar_one()
-            if done >= n:
-                break
-            time.sleep(0.05)
-        medgan_s = time.perf_counter() - t0
+        fn()
+        return time.perf_counter() - t0
 
-    from bench import raw_celery
+    def raw_many(count: int) -> None:
+        for _ in range(count):
+            raw.send_task("raw.noop")
 
-    raw_env = settings_env()
-    # The same Redis databases as the latency run: the app's connection pool is already bound to them.
-    raw_env.update(RAW_BROKER=redis_db(13), RAW_BACKEND=redis_db(12))
-    results = [raw_celery.noop.delay() for _ in range(n)]
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.raw_celery", "worker", "--pool", "solo", "-c", "1",
-           "--without-gossip", "--without-mingle", "-l", "WARNING"]
-    t0 = time.perf_counter()
-    with process(cmd, raw_env, tmp / "raw-drain.log", ready=b""):
-        for r in results:
-            r.get(timeout=120)
-        raw_s = time.perf_counter() - t0
-    return {"submit_s": submit_s, "medgan_s": medgan_s, "raw_s": raw_s}
+    bulk = alternate({"medgan": lambda: timed(lambda: client.submit_many([{"kind": "noop"}] * n_bulk)),
+                      "raw": lambda: timed(lambda: raw_many(n_bulk))}, rounds)
+    single = alternate({"medgan": lambda: timed(lambda: [client.submit("noop") for _ in range(n_single)]),
+                        "raw": lambda: timed(lambda: raw_many(n_single))}, rounds)
+    mb, rb, ms, rs = (min(bulk["medgan"]), min(bulk["raw"]), min(single["medgan"]), min(single["raw"]))
+    return [
+        {"name": f"submit_many {n_bulk} jobs", "value": round(n_bulk / mb, 1), "unit": "jobs/s",
+         "baseline": round(n_bulk / rb, 1), "ratio": round(rb / mb, 3),
+         "note": f"Client.submit_many: validate all, one transaction, one pipelined publish, into PostgreSQL + "
+                 f"Redis; baseline raw Celery send_task one by one (no database); best of {rounds} alternating"},
+        {"name": f"submit {n_single} jobs one by one", "value": round(n_single / ms, 1), "unit": "jobs/s",
+         "baseline": round(n_single / rs, 1), "ratio": round(rs / ms, 3),
+         "note": f"Client.submit in a loop vs raw Celery send_task in a loop; best of {rounds} alternating"},
+    ]
 
 
 def run(quick: bool = False) -> list[dict]:
-    n = 20 if quick else 100
-    n_queue = 200 if quick else 1000
-    rows = []
-    with tempfile.TemporaryDirectory() as d, postgres_db() as pg:
-        tmp = Path(d)
-        total, claim = _medgan_latency(n, tmp, pg)
-        raw = _raw_latency(n, tmp)
-        m, r = statistics.median(total), statistics.median(raw)
-        rows.append({"name": "noop job round trip (p50)", "value": round(m * 1000, 2), "unit": "ms",
-                     "baseline": round(r * 1000, 2), "ratio": round(m / r, 2),
-                     "note": f"medgan submit→SUCCEEDED on Redis+PostgreSQL vs raw Celery delay().get(); n={n}; "
-                             f"submit→claimed p50 {statistics.median(claim) * 1000:.1f} ms"})
-        rows.append({"name": "overhead per job (p50)", "value": round((m - r) * 1000, 2), "unit": "ms",
-                     "baseline": None, "ratio": None, "note": "medgan p50 minus raw Celery p50"})
-    with tempfile.TemporaryDirectory() as d, postgres_db() as pg:
-        res = _drain(n_queue, Path(d), pg)
-        rows.append({"name": f"submit {n_queue} jobs", "value": round(n_queue / res["submit_s"], 1),
-                     "unit": "jobs/s", "baseline": None, "ratio": None,
-                     "note": "validate + INSERT + COMMIT + send, one by one"})
-        rows.append({"name": f"drain {n_queue} queued no-op jobs, 1 worker", "value": round(n_queue / res["medgan_s"], 1),
-                     "unit": "jobs/s", "baseline": round(n_queue / res["raw_s"], 1),
-                     "ratio": round(res["raw_s"] / res["medgan_s"], 3),
-                     "note": f"scheduler overhead {1000 * (res['medgan_s'] - res['raw_s']) / n_queue:.1f} ms/job "
-                             "over raw Celery (claim, lease, events, finish)"})
+    rounds = 2 if quick else 3
+    n_rt, n_drain, n_bulk, n_single = (30, 200, 2000, 100) if quick else (100, 1000, 10_000, 300)
+    rows: list[dict] = []
+    with services() as svc:
+        from scheduler import migrate
+        from scheduler.settings import get_settings
+
+        apply_env(svc.medgan_env("migrate", DB_MEDGAN))
+        migrate.upgrade(get_settings())
+        rows += _round_trip(svc, n_rt, rounds)
+        rows += _drain(svc, n_drain, rounds)
+        rows += _submission(svc, n_bulk, n_single, rounds)
     return rows
 
 

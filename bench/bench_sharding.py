@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench._services import apply_env, medgan_worker, postgres_db, redis_db, settings_env
+from bench._services import apply_env, medgan_worker, services
 
 TRAIN = {"model": "cgan", "image_size": 32, "steps": 20, "batch_size": 16, "base_channels": 16, "z_dim": 32,
          "checkpoint_every": 20, "sample_every": 20, "phantom": {"count": 64, "size": 32, "seed": 0}}
@@ -30,9 +29,9 @@ def run(quick: bool = False) -> list[dict]:
     from scheduler.settings import get_settings
 
     count, shards = (256, 4) if quick else (2048, 8)
-    with tempfile.TemporaryDirectory() as d, postgres_db() as pg:
-        tmp = Path(d)
-        env = settings_env(home=str(tmp / "home"), database_url=pg, broker_url=redis_db(8))
+    with services() as svc:
+        tmp = svc.tmp
+        env = svc.medgan_env("home", 0)
         apply_env(env)
         settings = get_settings()
         migrate.upgrade(settings)
