@@ -56,6 +56,10 @@ def show(job_id: JobId, json_: Json = False) -> None:
         table.add_row("queue position", f"{job['queue_position']} ({job['waiting_reason']})")
     if job.get("message"):
         table.add_row("message", job["message"])
+    if job.get("read"):
+        from scheduler.jobs import read_line
+
+        table.add_row("read", read_line(job["read"]))
     if job.get("children"):
         table.add_row("shards", ", ".join(f"{k}: {v}" for k, v in sorted(job["children"].items())))
     console.print(table)

@@ -33,7 +33,13 @@ Json = Annotated[bool, typer.Option("--json", help="print the job as JSON")]
 def load_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise MedganUserError(f"file does not exist: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MedganUserError(f"cannot parse {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                              f"offset {exc.start}); a config is a JSON or YAML file") from None
+    except OSError as exc:
+        raise MedganUserError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml

@@ -81,7 +81,7 @@ class Client:
     def upload_dataset(self, path: str | Path, name: str | None = None) -> str:
         """Upload a local file or folder once; returns its dataset key (``datasets/<name>/<version>``,
         content-addressed: the same files give the same key and are not uploaded again)."""
-        return upload_dataset(self.store, Path(path), name)
+        return upload_dataset(self.store, Path(path), name, max_file_bytes=self.settings.max_file_bytes)
 
     def submit(self, kind: str, /, *, config: dict[str, Any] | None = None, idempotency_key: str | None = None,
                **fields: Any) -> JobDict:
@@ -102,10 +102,12 @@ class Client:
             c.submit("enhance", dataset="scans/dark/", config={"method": "lime"})
         """
         spec, local = self._prepare(kind, config, fields)
+        check = None
         if local:
             jobs.check_database(self.settings)
+            check = self._reader_check(spec, local)
         for key, path in local.items():
-            spec[key] = self.upload_dataset(path)
+            spec[key] = upload_dataset(self.store, path, check=check, max_file_bytes=self.settings.max_file_bytes)
         job = jobs.submit(self.settings, spec, idempotency_key=idempotency_key)
         return jobs.job_dict(job)
 
@@ -144,6 +146,15 @@ class Client:
         # Validate everything else before anything is written (uploads included).
         parse_spec({**spec, **{k: "datasets/local/pending" for k in local}})
         return spec, local
+
+    def _reader_check(self, spec: dict[str, Any], local: dict[str, Path]):  # noqa: ANN202
+        """The job's reader policy (capped by this deployment's limits) applied to the headers of every
+        file it will read, before anything is uploaded."""
+        from scheduler.datasets import header_check
+
+        parsed = parse_spec({**spec, **{k: "datasets/local/pending" for k in local}})
+        policy = getattr(getattr(parsed, "config", None), "read", None)
+        return header_check(policy.capped(**self.settings.read_ceilings())) if policy is not None else None
 
     # -- watching -----------------------------------------------------------------------
     def job(self, job_id: str) -> JobDict:

@@ -22,6 +22,7 @@ PRIORITY_DEFAULT = 5
 
 # Store key prefixes (DESIGN.md "Store layout").
 PREFIX_DATASETS = "datasets"
+PREFIX_PENDING_UPLOADS = "datasets/_pending"  # one marker per upload in progress (no dataset name starts with _)
 PREFIX_JOBS = "jobs"
 
 # Time, in seconds.
@@ -31,6 +32,9 @@ SWEEP_SECONDS = 5.0  # how often the sweeper runs
 RESEND_AFTER_SECONDS = 60.0  # a QUEUED job without a claim for this long has its message re-sent
 PROGRESS_POLL_SECONDS = 0.5  # how often the worker reads a subprocess's stats
 CANCEL_GRACE_SECONDS = 30.0  # SIGTERM → SIGKILL grace for a training subprocess
+
+UPLOAD_STALE_SECONDS = 3600.0  # a dataset upload whose marker is not refreshed for this long is removed
+UPLOAD_REFRESH_SECONDS = 60.0  # how often an upload in progress refreshes its marker
 
 MAX_ATTEMPTS = 3  # a job requeued this many times after lost leases is FAILED
 

@@ -13,6 +13,10 @@ class SpecError(MedganUserError):
     """A job spec failed validation."""
 
 
+class SettingsInvalid(MedganUserError):
+    """A MEDGAN_* environment variable or .env value is malformed."""
+
+
 class NotFound(MedganUserError):
     """No such job, artifact or dataset."""
 

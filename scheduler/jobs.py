@@ -189,9 +189,35 @@ def get_job(settings: Settings, job_id: str) -> dict[str, Any]:
             for e in job.events
         ]
         out["children"] = parent_progress(session, job.id)[2]  # children per status
+        out["read"] = _read_summary(session, job.id)
         if job.status == S.QUEUED.value:
             out["queue_position"], out["waiting_reason"] = queue_position(session, job)
         return out
+
+
+def _read_summary(session: Session, job_id: str) -> dict[str, Any] | None:
+    """What the job's science read: files, images and files skipped by reason (metric rows `read.*`)."""
+    rows = session.execute(select(MetricPoint.name, MetricPoint.value).where(
+        MetricPoint.job_id == job_id, MetricPoint.name.like("read.%")).order_by(MetricPoint.id)).all()
+    if not rows:
+        return None
+    out: dict[str, Any] = {"files_read": 0, "images": 0, "skipped": {}}
+    for name, value in rows:
+        key = name[len("read."):]
+        if key.startswith("skipped."):
+            out["skipped"][key[len("skipped."):]] = int(value)
+        elif key in ("files_read", "images"):
+            out[key] = int(value)
+    return out
+
+
+def read_line(read: dict[str, Any]) -> str:
+    """'12 files -> 40 images; skipped 2 (non_finite 1, truncated 1)'."""
+    text = f"{read['files_read']} files -> {read['images']} images"
+    if read["skipped"]:
+        text += f"; skipped {sum(read['skipped'].values())} (" + ", ".join(
+            f"{k} {v}" for k, v in sorted(read["skipped"].items())) + ")"
+    return text
 
 
 def queue_position(session: Session, job: Job) -> tuple[int, str]:

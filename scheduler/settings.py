@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from medgan.data.policy import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_VOXELS
 from scheduler import constants as C
+from scheduler.errors import SettingsInvalid
 
 
 class Settings(BaseSettings):
@@ -47,6 +49,46 @@ class Settings(BaseSettings):
         300.0, ge=0, description="a GPU job waiting this long gets a host drained for it (scheduler/policy.py)"
     )
 
+    # Ceilings of what any job may read (checked from file headers before a pixel is decoded);
+    # a job's own `read` policy may only lower them.
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest 2-D image (H x W) read")
+    max_image_voxels: int = Field(DEFAULT_MAX_VOXELS, ge=1, description="largest file (all frames) read, in pixels")
+    max_file_bytes: int = Field(DEFAULT_MAX_FILE_BYTES, ge=1, description="largest file uploaded or read")
+    upload_stale_seconds: float = Field(
+        C.UPLOAD_STALE_SECONDS, gt=0, description="a half-written dataset upload idle this long is removed")
+
+    @field_validator("database_url", "broker_url")
+    @classmethod
+    def _url(cls, v: str | None, info) -> str | None:  # noqa: ANN001
+        if v is None:
+            return v
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        name = f"MEDGAN_{info.field_name.upper()}"
+        if info.field_name == "broker_url":
+            if "://" not in v:
+                raise ValueError(f"{name} is not a URL (like redis://host:6379/0)")
+            return v
+        try:
+            make_url(v)
+        except ArgumentError:
+            raise ValueError(f"{name} is not a database URL (like postgresql+psycopg://user@host/db "
+                             "or sqlite:///path.db)") from None
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("MEDGAN_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return v.upper()
+
+    def read_ceilings(self) -> dict[str, int]:
+        """The reader limits of this deployment, as ReadPolicy.capped() takes them."""
+        return {"max_pixels": self.max_image_pixels, "max_voxels": self.max_image_voxels,
+                "max_file_bytes": self.max_file_bytes}
+
     @model_validator(mode="after")
     def _s3_keys(self) -> "Settings":
         if self.s3_endpoint and not (self.s3_access_key and self.s3_secret_key):
@@ -74,7 +116,30 @@ class Settings(BaseSettings):
         return self.broker.startswith("sqla+")
 
 
+def format_settings_error(exc: ValidationError) -> str:
+    """One line naming each bad variable by its environment name."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err["loc"])
+        msg = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+        env = f"MEDGAN_{field.upper()}" if field else ""
+        parts.append(msg if msg.startswith(env) and env else (f"{env}: {msg}" if env else msg))
+    return "invalid settings: " + "; ".join(parts)
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings (cached). Tests call `get_settings.cache_clear()` after changing env."""
-    return Settings()
+    """The process's settings (cached). Tests call `get_settings.cache_clear()` after changing env.
+
+    Raises SettingsInvalid (one line, naming the variable) for any malformed value or .env file."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsInvalid(format_settings_error(exc)) from None
+    except SettingsError as exc:
+        raise SettingsInvalid(f"invalid settings: {' '.join(str(exc).split())[:300]}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsInvalid(f"invalid settings: the .env file is not UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start})") from None
+    except OSError as exc:
+        raise SettingsInvalid(f"invalid settings: cannot read the .env file ({exc.strerror or exc})") from None

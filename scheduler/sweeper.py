@@ -4,7 +4,8 @@ Every `sweep_seconds` it
 - requeues RUNNING jobs whose lease expired (attempt + 1, up to the limit, then FAILED),
 - re-sends messages for QUEUED jobs that were never sent or whose message looks lost,
 - finishes fan-out parents whose children all ended (if the last child's worker died first),
-- forgets workers not seen for a while.
+- forgets workers not seen for a while,
+- removes half-written dataset uploads whose uploader died (scheduler/datasets.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 
 from scheduler import fanout, states
+from scheduler.datasets import sweep_uploads
 from scheduler.db import Job, Status, Worker, session_scope, utcnow
 from scheduler.jobs import dispatch_ready
 from scheduler.settings import Settings
@@ -44,7 +46,9 @@ def sweep_once(settings: Settings, store: Store | None = None) -> dict[str, int]
     requeued = [j for j, to in moved if to is Status.QUEUED]
     sent = dispatch_ready(settings, requeued) if requeued else []
     sent += dispatch_ready(settings)
-    return {"expired": len(moved), "requeued": len(requeued), "sent": len(sent), "workers_forgotten": gone or 0}
+    half = sweep_uploads(store, settings.upload_stale_seconds)
+    return {"expired": len(moved), "requeued": len(requeued), "sent": len(sent), "workers_forgotten": gone or 0,
+            "half_uploads_removed": half}
 
 
 def run_forever(settings: Settings, stop: threading.Event | None = None) -> None:

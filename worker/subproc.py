@@ -44,6 +44,9 @@ def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, s
     """Run `cmd` until it ends; returns result.json. Raises JobFailed / JobStopped as the run ended."""
     tail = StatsTail(run_dir / "stats.jsonl")
     log_path = run.work_dir / "job.log"
+    read_report = run_dir / "read.json"  # every dataset the child reads adds its counts here (medgan.data)
+    read_report.unlink(missing_ok=True)
+    env = {**env, "MEDGAN_READ_REPORT": str(read_report)}
 
     def tick() -> str | None:
         rows = tail.read()
@@ -64,7 +67,24 @@ def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, s
         raise JobFailed(result.get("reason") or f"the {run.kind} process failed (exit code {code})")
     if code != 0:
         raise JobFailed(f"the {run.kind} process exited with code {code}: {_log_tail(log_path)}")
+    record_read_report(run, read_report)
     return result
+
+
+def record_read_report(run: JobRun, path: Path) -> None:
+    """Files read and skipped by reason: metric rows `read.*` (shown by `medgan jobs show`) and the
+    report itself as `jobs/<id>/read.json`."""
+    if not path.exists():
+        return
+    try:
+        report = json.loads(path.read_text())
+    except ValueError:
+        return
+    for name in ("files_read", "images", "skipped_total"):
+        run.metric(f"read.{name}", float(report.get(name, 0)))
+    for reason, count in sorted(report.get("skipped", {}).items()):
+        run.metric(f"read.skipped.{reason}", float(count))
+    run.upload(path, f"{run.prefix}/read.json", "summary")
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:

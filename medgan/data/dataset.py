@@ -117,8 +117,9 @@ class _Labeller:
         self.lookup: dict[str, str] = {}
         missing = []
         for key, (label, line) in self.table.rows.items():
-            if key in rels:
-                self.lookup[key] = label
+            raw = self.table.raw.get(key, key)
+            if key in rels or raw in rels:
+                self.lookup[key if key in rels else raw] = label
             elif "/" not in key and len(names.get(key, [])) == 1:
                 self.lookup[names[key][0]] = label
             elif "/" not in key and len(names.get(key, [])) > 1:
@@ -191,6 +192,7 @@ def load_dataset(path: Path, image_size: int, channels: int, *, policy: ReadPoli
         report.note("masks found for only some images: masks not used")
     if report.skipped:
         log.warning("%s", report.line())
+    report.publish()
     lab = torch.as_tensor(labels, dtype=torch.int64)
     names = labeller.names if len(labeller.names) >= int(lab.max()) + 1 else [str(k) for k in range(int(lab.max()) + 1)]
     return ImageDataset(

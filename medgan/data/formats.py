@@ -74,7 +74,7 @@ def sniff(head: bytes, path: Path) -> str | None:
         try:
             with gzip.open(path, "rb") as fh:
                 inner = fh.read(552)
-        except (OSError, EOFError, zipfile.BadZipFile):
+        except Exception:  # a damaged gzip stream (zlib.error, EOFError, BadGzipFile): not a NIfTI we can read
             return None
         return "nifti" if _nifti_magic(inner) else None
     if _nifti_magic(head):
@@ -302,13 +302,14 @@ def _dicom(path: Path, name: str, size: int, head: bytes) -> Header:
     compressed = bool(getattr(syntax, "is_compressed", False))
     length = getattr(elem, "length", None)
     tell = getattr(elem, "value_tell", None)
+    defect = None  # raised by the reader after the size limits, so a bomb is named as one
     if length not in (None, 0xFFFFFFFF) and tell is not None and tell + length > size:
-        raise ReadError(name, "truncated", f"DICOM ends at byte {size:,}; its pixel data runs to {tell + length:,}")
-    if not compressed and length not in (None, 0xFFFFFFFF) and rows * cols * frames * spp > 0:
+        defect = ReadError(name, "truncated", f"DICOM ends at byte {size:,}; its pixel data runs to {tell + length:,}")
+    elif not compressed and length not in (None, 0xFFFFFFFF) and rows * cols * frames * spp > 0:
         need = (rows * cols * frames * spp * alloc + 7) // 8
         if length < need:
-            raise ReadError(name, "truncated", f"DICOM pixel data holds {length:,} bytes; {cols} x {rows} x "
-                            f"{frames} frame(s) x {alloc} bits need {need:,}")
+            defect = ReadError(name, "truncated", f"DICOM pixel data holds {length:,} bytes; {cols} x {rows} x "
+                               f"{frames} frame(s) x {alloc} bits need {need:,}")
     if compressed:
         from pydicom.pixels import get_decoder
 
@@ -320,7 +321,7 @@ def _dicom(path: Path, name: str, size: int, head: bytes) -> Header:
             raise ReadError(name, "unsupported", f"DICOM transfer syntax {getattr(syntax, 'name', syntax)} needs "
                             "a decoder that is not installed (e.g. pylibjpeg)")
     return Header("dicom", rows, cols, frames=frames, samples=spp, bits=bits, container_bits=alloc,
-                  photometric=photometric, notes=notes, extra={"ds": ds})
+                  photometric=photometric, notes=notes, extra={"ds": ds, "defect": defect})
 
 
 # -- NIfTI (nibabel reads the header; the data stays behind a proxy) -----------------------------
@@ -392,6 +393,8 @@ def npz_header(path: Path, name: str, split: str) -> Header:
         ls = shapes["labels"][0]
         if not ls or ls[0] != n:
             raise ReadError(name, "corrupt", f"{split}_labels has {ls[0] if ls else 0} rows but {key} has {n}")
+        if shapes["labels"][1].kind not in "iub":
+            raise ReadError(name, "corrupt", f"{split}_labels holds {shapes['labels'][1]} values, not integer labels")
         if len(ls) > 2 or (len(ls) == 2 and ls[1] != 1):
             raise ReadError(name, "unsupported", f"{split}_labels has shape {ls}: one label per image expected "
                             "(multi-label arrays are not read)")

@@ -21,6 +21,7 @@ LABEL_COLUMNS = ("label", "class", "target")
 @dataclass
 class LabelTable:
     rows: dict[str, tuple[str, int]] = field(default_factory=dict)  # normalised path -> (label, line)
+    raw: dict[str, str] = field(default_factory=dict)  # normalised path -> the cell as written (a '\\' may be a name)
     class_names: dict[int, str] = field(default_factory=dict)  # numeric label -> name (optional column)
     duplicates: int = 0  # rows repeating another row exactly
 
@@ -84,6 +85,7 @@ def read_labels(path: Path, name: str = "labels.csv") -> LabelTable:
                 table.duplicates += 1
                 continue
             table.rows[key] = (label, line)
+            table.raw[key] = row[fcol].strip()
             if ncol is not None and len(row) > ncol and label.lstrip("-").isdigit():
                 table.class_names.setdefault(int(label), row[ncol].strip())
     except csv.Error as exc:

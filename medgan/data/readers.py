@@ -93,6 +93,8 @@ def read_header(path: Path, policy: ReadPolicy, name: str) -> Header:
         raise ReadError(name, "format_not_allowed", f"{NAMES[header.format]} is not among the accepted formats "
                         f"({', '.join(policy.formats)})")
     check_limits(name, header, policy)
+    if header.extra.get("defect") is not None:
+        raise header.extra["defect"]
     return header
 
 
@@ -134,7 +136,8 @@ def _decode_error(name: str, fmt: str, exc: BaseException) -> ReadError:
     text = " ".join(str(exc).split())[:200]
     low = text.lower()
     if isinstance(exc, EOFError) or any(w in low for w in ("truncat", "end of file", "eof", "incomplete",
-                                                           "unexpected end", "not enough data")):
+                                                           "unexpected end", "not enough data",
+                                                           "less than expected")):
         return ReadError(name, "truncated", f"{NAMES[fmt]} pixel data is truncated ({type(exc).__name__}: {text})")
     if isinstance(exc, (NotImplementedError, ImportError)):
         return ReadError(name, "unsupported", f"{NAMES[fmt]} variant not supported ({type(exc).__name__}: {text})")

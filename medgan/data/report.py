@@ -7,7 +7,10 @@ job kind can show them in its summary and in `medgan jobs show`.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medgan.errors import DataError
@@ -31,6 +34,9 @@ REASONS: dict[str, str] = {
     "bad_mask": "mask that cannot be read or does not match its image",
     "empty_slice": "near-constant volume slice (background)",
 }
+
+
+REPORT_ENV = "MEDGAN_READ_REPORT"
 
 
 class ReadError(DataError):
@@ -83,6 +89,32 @@ class ReadReport:
         return {"files_read": self.files_read, "images": self.images, "skipped": dict(sorted(self.skipped.items())),
                 "skipped_total": self.skipped_total, "examples": self.examples,
                 "notes": dict(sorted(self.notes.items())), "formats": dict(sorted(self.formats.items()))}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ReadReport":
+        return cls(files_read=int(d.get("files_read", 0)), images=int(d.get("images", 0)),
+                   skipped=dict(d.get("skipped", {})), examples=dict(d.get("examples", {})),
+                   notes=dict(d.get("notes", {})), formats=dict(d.get("formats", {})))
+
+    def publish(self) -> None:
+        """Add this report to the file named by MEDGAN_READ_REPORT, if set (the worker sets it for
+        every job's science process and records the result in the job). Rank 0 only: every rank of a
+        distributed run reads the same files."""
+        target = os.environ.get(REPORT_ENV)
+        if not target or os.environ.get("RANK", "0") != "0":
+            return
+        path = Path(target)
+        total = ReadReport()
+        if path.exists():
+            try:
+                total = ReadReport.from_dict(json.loads(path.read_text()))
+            except ValueError:
+                pass
+        total.merge(self)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(total.to_dict(), indent=1, sort_keys=True))
+        os.replace(tmp, path)
 
     def line(self) -> str:
         """One line for logs and `jobs show`: 'read 98 files -> 98 images; skipped 2 (truncated 1, ...)'."""

@@ -59,7 +59,7 @@ def _name_problem(name: str) -> str | None:
 
 
 def _printable(rel: str) -> str:
-    return rel.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", "\\n").replace("\t", "\\t")
+    return os.fsencode(rel).decode("utf-8", "backslashreplace").replace("\n", "\\n").replace("\t", "\\t")
 
 
 def scan_tree(root: Path) -> Tree:

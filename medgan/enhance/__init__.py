@@ -229,4 +229,5 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
         "read": report.to_dict(),
     })
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    report.publish()
     return summary

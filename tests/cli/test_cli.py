@@ -110,7 +110,9 @@ def test_submit_ls_json_and_idempotency(embedded):
 def test_local_dataset_is_uploaded_once(embedded, tmp_path):
     data = tmp_path / "imgs"
     data.mkdir()
-    (data / "a.png").write_bytes(b"\x89PNG fake but bytes are bytes")
+    from PIL import Image
+
+    Image.new("L", (16, 16), 90).save(data / "a.png")  # a fake PNG is refused at submission now
     first = json.loads(run("enhance", "--input", str(data), "--json").stdout)
     second = json.loads(run("enhance", "--input", str(data), "--json").stdout)
     key = first["spec"]["dataset"]

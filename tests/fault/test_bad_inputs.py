@@ -2,12 +2,13 @@
 clear reason (naming the file, key or job at fault, never a traceback), and the worker keeps serving.
 
 Three tiers by cost: submission errors (no worker), failures the worker finds before any science
-(store and database checks), and failures of the science subprocess (readers, checkpoints, NaN).
+(store and database checks), and failures of the science subprocess (checkpoints, NaN). Hostile data
+(image formats x breakages, folder shapes, label sources) is generated as classes by
+tests/fault/hostile.py and pushed through the CLI and a real worker by test_hostile_inputs_*.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import shutil
@@ -54,35 +55,6 @@ def _folder(root: Path, name: str, files: dict[str, bytes]) -> Path:
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / rel).write_bytes(data)
     return d
-
-
-def _bad_files(tmp: Path) -> dict[str, tuple[dict[str, bytes], str]]:
-    """Datasets of one bad kind each, for a train job: {kind: ({file: bytes}, expected words in the reason)}."""
-    import pydicom.data
-
-    good = _png(tmp / "good.png").read_bytes()
-    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm")).read_bytes()
-    npz3d, npz_obj, npz_keys = io.BytesIO(), io.BytesIO(), io.BytesIO()
-    np.savez(npz3d, train_images=np.zeros((2, 3, 4, 5, 6), np.uint8))
-    np.savez(npz_obj, train_images=np.array([{"a": 1}, None], dtype=object))
-    np.savez(npz_keys, pixels=np.zeros((2, 8, 8), np.uint8))
-    rng = np.random.default_rng(1)
-    one = io.BytesIO()
-    Image.fromarray(np.zeros((1, 1), np.uint8)).save(one, format="PNG")
-    return {
-        "corrupt PNG (valid signature, garbage body)": (
-            {"scan.png": b"\x89PNG\r\n\x1a\n" + rng.bytes(300)}, ["scan.png", "no readable images"]),
-        "truncated PNG": ({"cut.png": good[: len(good) // 2]}, ["cut.png"]),
-        "text file named .png": ({"notes.png": b"patient notes, not pixels\n" * 10}, ["notes.png"]),
-        "zero-byte files": ({"empty.png": b"", "empty.dcm": b""}, ["2 unreadable"]),
-        "truncated DICOM": ({"ct.dcm": ct[:1200]}, ["ct.dcm"]),
-        "NIfTI full of garbage": ({"brain.nii": rng.bytes(2000)}, ["brain.nii"]),
-        "1x1 image": ({"dot.png": one.getvalue()}, ["dot.png", "shape"]),
-        "5-D array in .npz": ({"vol.npz": npz3d.getvalue()}, ["vol.npz", "expected [N, H, W]"]),
-        "pickled object array in .npz": ({"obj.npz": npz_obj.getvalue()}, ["obj.npz", "allow_pickle"]),
-        ".npz without image array": ({"k.npz": npz_keys.getvalue()}, ["k.npz", "train_images"]),
-        "labels.csv without rows": ({"a.png": good, "labels.csv": b"file,label\n"}, ["labels.csv", "no rows"]),
-    }
 
 
 def _clear(reason: str | None, needles: list[str]) -> bool:
@@ -202,10 +174,7 @@ def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path,
     expect["resume from a checkpoint holding a pickled payload"] = (
         pickled, ["CheckpointError", "Weights only load failed"])
 
-    # -- found by the data readers
-    for i, (what, (files, needles)) in enumerate(_bad_files(tmp_path).items()):
-        folder = _folder(tmp_path / "bad", f"set{i}", files)
-        expect[what] = (client.submit("train", dataset=str(folder), config=TRAIN2)["id"], needles)
+    # (hostile image files, folders and labels: test_hostile_inputs_* below, generated as classes)
 
     ids = [job_id for job_id, _ in expect.values()]
     wait_for(lambda: all(client.job(j)["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") for j in ids),
@@ -275,3 +244,141 @@ def test_empty_dataset_string_is_refused(embedded, tmp_path, monkeypatch, figure
         client.submit("enhance", dataset="")
     assert not list(client.store.list("datasets/"))
     _tally(figures, "submission", "empty string as dataset", True, str(err.value))
+
+
+# -- hostile data, generated as classes, through the CLI and a real worker ------------------------------
+DIAGNOSTIC_KINDS = {"log", "config", "result", "stats"}  # what a failed job may leave: its own diagnostics
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, args)
+    return res.exit_code, res.output
+
+
+def _state(settings) -> tuple[int, int]:
+    from scheduler.store import make_store
+
+    with session_scope(settings.db_url) as s:
+        jobs = len(s.execute(select(Job.id)).all())
+    return jobs, sum(1 for _ in make_store(settings).list(""))
+
+
+def test_hostile_inputs_through_the_cli_and_the_worker(cluster, tmp_path, figures):
+    """Every generated case through `medgan train --data` and `medgan enhance --input`: refused at the CLI
+    (exit 1, one line naming the file, no job row, no object), or a job that FAILS with one line naming
+    it and writes no output, or (for a case a careful reader can read) a job that SUCCEEDS."""
+    from scheduler.store import make_store
+    from tests.fault.hostile import all_cases, materialise
+
+    settings = cluster.settings
+    client = Client(settings)
+    store = make_store(settings)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TRAIN2))
+    cluster.start_worker("w0", "--concurrency", "4")
+    rows, jobs = [], {}
+    for i, case in enumerate(all_cases()):
+        folder = materialise(case, tmp_path / "cases" / f"{i:03d}" / "data")
+        for kind in case.kinds:
+            args = (["train", "--data", str(folder), "--config", str(cfg)] if kind == "train"
+                    else ["enhance", "--input", str(folder), "--method", "gamma"])
+            before = _state(settings)
+            code, out = _cli(args)
+            lines = [l for l in out.strip().splitlines() if l.strip()]
+            row = {"case": case, "kind": kind, "exit": code, "status": "-", "reason": "", "written": 0}
+            if code == 0:
+                jobs[(case.id, kind)] = lines[-1].strip()
+            else:
+                row["reason"] = lines[-1] if lines else ""
+                row["one_line"] = len(lines) == 1 and "Traceback" not in out
+                row["written"] = int(_state(settings) != before)
+            rows.append(row)
+    ids = list(jobs.values())
+    wait_for(lambda: all(client.job(j)["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") for j in ids),
+             timeout=900, interval=1.0, what="every hostile job to end")
+    for row in rows:
+        job_id = jobs.get((row["case"].id, row["kind"]))
+        if job_id is None:
+            continue
+        job = client.job(job_id)
+        row["status"], row["reason"] = job["status"], job["message"] or ""
+        if job["status"] == "FAILED":
+            outputs = [a for a in client.artifacts(job_id) if a["kind"] not in DIAGNOSTIC_KINDS]
+            stray = [o.key for o in store.list(f"jobs/{job_id}/")
+                     if o.key.rsplit("/", 1)[-1] not in ("config.json", "stats.jsonl", "result.json", "train.log")]
+            row["written"] = len(outputs) + len(stray)
+    noop = client.wait(client.submit("noop")["id"], timeout=60)
+    alive = noop["status"] == "SUCCEEDED" and cluster.procs[0].poll() is None
+    verdicts = [_verdict(r) for r in rows]
+    _figures_rows(figures, rows, verdicts, alive)
+    _readme_table(rows, verdicts, alive)
+    wrong = [(r["case"].id, r["kind"], r["exit"], r["status"], r["reason"][:200]) for r, v in zip(rows, verdicts)
+             if v == "wrong"]
+    assert alive, "the worker keeps serving after every hostile input"
+    assert not wrong, json.dumps(wrong, indent=1, ensure_ascii=False)
+    assert sum(r["written"] for r in rows) == 0, "nothing written for a refused input"
+
+
+def _verdict(row: dict) -> str:
+    """refused-cli | refused-job | handled | wrong."""
+    case, reason = row["case"], row["reason"].replace("error: ", "", 1)
+    needle = case.needle if case.needle != "-" else ""
+    clear = _clear(reason, [needle] if needle else [])
+    if row["exit"] != 0:
+        ok = row.get("one_line") and clear and row["written"] == 0 and case.expect in ("refuse", "either")
+        return "refused-cli" if ok else "wrong"
+    if row["status"] == "FAILED":
+        return "refused-job" if clear and row["written"] == 0 and case.expect in ("refuse", "either") else "wrong"
+    if row["status"] == "SUCCEEDED":
+        return "handled" if case.expect in ("handle", "either") else "wrong"
+    return "wrong"
+
+
+def _figures_rows(figures, rows: list[dict], verdicts: list[str], alive: bool) -> None:
+    from tests.fault.hostile import BREAKAGES
+
+    groups: dict[str, list[tuple[dict, str]]] = {}
+    for r, v in zip(rows, verdicts):
+        groups.setdefault(r["case"].group, []).append((r, v))
+    for group, items in groups.items():
+        n = {k: sum(v == k for _, v in items) for k in ("refused-cli", "refused-job", "handled", "wrong")}
+        written = sum(r["written"] for r, _ in items)
+        figures.add(f"hostile inputs: {group} (generated; train + enhance jobs)", tried=len(items),
+                    survived=len(items) - n["wrong"],
+                    notes=f"refused at the CLI {n['refused-cli']}, FAILED clearly {n['refused-job']}, handled "
+                          f"{n['handled']}, wrong {n['wrong']}, written by mistake {written}; worker "
+                          f"{'alive' if alive else 'DEAD'}" + (f"; breakages: {', '.join(BREAKAGES)}"
+                                                               if group == "format x breakage" else ""))
+    figures.detail("hostile inputs: every generated case, through the CLI and the worker",
+                   ("case", "job kind", "expected", "CLI exit", "job status", "verdict", "reason"),
+                   [(r["case"].id, r["kind"], r["case"].expect, r["exit"], r["status"], v,
+                     " ".join(r["reason"].split()).replace(str(Path.cwd()), ".")[:180])
+                    for r, v in zip(rows, verdicts)])
+
+
+def _readme_table(rows: list[dict], verdicts: list[str], alive: bool) -> None:
+    """Rewrite the README's bad-input table between its markers from this run's results."""
+    begin, end = "<!-- bad-inputs:begin -->", "<!-- bad-inputs:end -->"
+    text = README.read_text()
+    if begin not in text or end not in text:
+        return
+    lines = [begin, "| hostile inputs (generated classes) | kinds tried | refused clearly | handled | wrong | "
+             "written by mistake |", "|---|---|---|---|---|---|"]
+    groups: dict[str, list[tuple[dict, str]]] = {}
+    for r, v in zip(rows, verdicts):
+        groups.setdefault(r["case"].group, []).append((r, v))
+    for group, items in groups.items():
+        lines.append(f"| {group} | {len(items)} | {sum(v.startswith('refused') for _, v in items)} | "
+                     f"{sum(v == 'handled' for _, v in items)} | {sum(v == 'wrong' for _, v in items)} | "
+                     f"{sum(r['written'] for r, _ in items)} |")
+    lines.append(f"| **all** ({'worker alive' if alive else 'worker DEAD'}) | {len(rows)} | "
+                 f"{sum(v.startswith('refused') for v in verdicts)} | {sum(v == 'handled' for v in verdicts)} | "
+                 f"{sum(v == 'wrong' for v in verdicts)} | {sum(r['written'] for r in rows)} |")
+    lines.append(end)
+    a, b = text.index(begin), text.index(end) + len(end)
+    README.write_text(text[:a] + "\n".join(lines) + text[b:])

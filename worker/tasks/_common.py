@@ -34,6 +34,13 @@ def fetch_checkpoint(run: JobRun, job_id: str, dest_root: Path) -> Path:
     return dest
 
 
+def science_config(run: JobRun):  # noqa: ANN201 - the kind's medgan.config model
+    """The job's config with its reader limits lowered to this worker's ceilings (MEDGAN_MAX_*)."""
+    cfg = run.spec.config
+    read = getattr(cfg, "read", None)
+    return cfg if read is None else cfg.model_copy(update={"read": read.capped(**run.settings.read_ceilings())})
+
+
 def write_invocation(run: JobRun, data: dict) -> Path:
     path = run.work_dir / "invocation.json"
     path.write_text(json.dumps(data, indent=2, default=str))

@@ -8,7 +8,7 @@ import sys
 
 from worker.runtime import JobFailed, JobRun
 from worker.subproc import run_science
-from worker.tasks._common import fetch_checkpoint, write_invocation
+from worker.tasks._common import fetch_checkpoint, science_config, write_invocation
 
 
 
@@ -35,7 +35,7 @@ def handle(run: JobRun) -> None:
     out_dir = run.work_dir / "out"
     inv = write_invocation(run, {
         "run_dir": str(run.work_dir / "run"), "inputs": [str(p) for p in inputs], "out_dir": str(out_dir),
-        "references": refs, "model_dir": model_dir, "config": spec.config.model_dump(mode="json"),
+        "references": refs, "model_dir": model_dir, "config": science_config(run).model_dump(mode="json"),
     })
     cmd = [sys.executable, "-m", "worker.science", "enhance", str(inv)]
     run_science(run, cmd, run.work_dir / "run", run.child_env())

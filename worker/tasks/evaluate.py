@@ -12,7 +12,7 @@ from scheduler.db import Job, session_scope
 from worker.report import build_report
 from worker.runtime import JobFailed, JobRun
 from worker.subproc import run_science
-from worker.tasks._common import write_invocation
+from worker.tasks._common import science_config, write_invocation
 
 
 def _training_phantom(run: JobRun, generate_job: str) -> dict | None:
@@ -37,7 +37,7 @@ def handle(run: JobRun) -> None:
     if n == 0:
         raise JobFailed(f"generate job {spec.source_job} has no images in the store")
     real_dir = run.dataset(spec.dataset) if spec.dataset else None
-    config = spec.config.model_dump(mode="json")
+    config = science_config(run).model_dump(mode="json")
     phantom = None if real_dir else _training_phantom(run, spec.source_job)
     if real_dir is None and phantom is None:
         raise JobFailed("no real data: name --real <dataset> (the generator did not train on the phantom)")

@@ -8,7 +8,7 @@ import logging
 from worker.launcher import accelerate_command, free_port
 from worker.runtime import JobRun
 from worker.subproc import run_science
-from worker.tasks._common import fetch_checkpoint, newest_checkpoint
+from worker.tasks._common import fetch_checkpoint, newest_checkpoint, science_config
 
 log = logging.getLogger("medgan.worker")
 
@@ -20,7 +20,7 @@ def handle(run: JobRun) -> None:
     # A requeued run resumes: its newest checkpoint comes back from the store (maybe another host).
     if newest_checkpoint(run.store, run.job_id) is not None:
         fetch_checkpoint(run, run.job_id, run_dir / "checkpoints")
-    (run_dir / "config.json").write_text(spec.config.model_dump_json(indent=2))
+    (run_dir / "config.json").write_text(science_config(run).model_dump_json(indent=2))
     data_dir = run.dataset(spec.dataset) if spec.dataset else None
 
     uploaded: set[str] = set()
