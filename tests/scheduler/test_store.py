@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.datasets import download_dataset, read_manifest, upload_dataset
 from scheduler.errors import InvalidKey, NotFound
-from scheduler.store import LocalStore, S3Store
+from scheduler.store import validate_key, LocalStore, S3Store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -62,8 +62,10 @@ def test_dataset_upload_is_content_addressed_and_verified(store, tmp_path):
     key = upload_dataset(store, src)
     assert key.startswith("datasets/My-Scans/")
     assert upload_dataset(store, src) == key  # same content, same version, stored once
-    assert sorted(e["path"] for e in read_manifest(store, key)) == ["a.png", "sub/b_c.png"]
+    # files keep their own names (labels.csv refers to them); object keys are made safe
+    assert sorted(e["path"] for e in read_manifest(store, key)) == ["a.png", "sub/b c.png"]
+    assert all(validate_key(e["key"]) for e in read_manifest(store, key))
     local = download_dataset(store, key, tmp_path / "cache")
-    assert (local / "sub" / "b_c.png").read_bytes() == b"B" * 50
+    assert (local / "sub" / "b c.png").read_bytes() == b"B" * 50
     (src / "a.png").write_bytes(b"changed")
     assert upload_dataset(store, src) != key  # new content, new version
