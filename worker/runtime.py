@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from medgan.errors import MedganError
 from scheduler import fanout, states
 from scheduler.broker import make_celery, send_job
-from scheduler.datasets import download_dataset
+from scheduler.datasets import download_dataset, object_key
 from scheduler.db import Artifact, Job, MetricPoint, Status, Worker, session_scope, utcnow
 from scheduler.errors import MedganUserError, StoreError
 from scheduler.jobs import dispatch_ready
@@ -136,7 +136,9 @@ class JobRun:
         n = 0
         for path in sorted(root.rglob("*")):
             if path.is_file() and not skip(path):
-                self.upload(path, f"{prefix}/{path.relative_to(root).as_posix()}", kind)
+                # Output names follow input names, which may be anything: keys are made safe the
+                # way dataset keys are (a safe name is kept as it is).
+                self.upload(path, f"{prefix}/{object_key(path.relative_to(root).as_posix())}", kind)
                 n += 1
         return n
 

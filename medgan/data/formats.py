@@ -393,7 +393,7 @@ def npz_header(path: Path, name: str, split: str) -> Header:
         ls = shapes["labels"][0]
         if not ls or ls[0] != n:
             raise ReadError(name, "corrupt", f"{split}_labels has {ls[0] if ls else 0} rows but {key} has {n}")
-        if shapes["labels"][1].kind not in "iub":
+        if shapes["labels"][1].kind not in "iubf":
             raise ReadError(name, "corrupt", f"{split}_labels holds {shapes['labels'][1]} values, not integer labels")
         if len(ls) > 2 or (len(ls) == 2 and ls[1] != 1):
             raise ReadError(name, "unsupported", f"{split}_labels has shape {ls}: one label per image expected "

@@ -256,7 +256,12 @@ def _npz(path: Path, name: str, h: Header, policy: ReadPolicy) -> _Raw:
     split = h.extra["split"]
     with np.load(path, allow_pickle=False) as z:
         images = z[f"{split}_images"]
-        labels = z[f"{split}_labels"].reshape(len(images)).astype(np.int64) if "labels" in h.extra["has"] else None
+        labels = z[f"{split}_labels"].reshape(len(images)) if "labels" in h.extra["has"] else None
+    if labels is not None and labels.dtype.kind == "f":
+        if not (np.isfinite(labels).all() and np.array_equal(labels, np.round(labels))):
+            raise ReadError(name, "corrupt", f"{split}_labels holds non-integer values")
+    labels = labels.astype(np.int64) if labels is not None else None
+    with np.load(path, allow_pickle=False) as z:
         masks = z[f"{split}_masks"] > 0 if "masks" in h.extra["has"] else None
     if masks is not None and masks.ndim == 4:
         masks = masks.any(axis=-1)

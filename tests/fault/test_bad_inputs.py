@@ -263,9 +263,10 @@ def _cli(args: list[str]) -> tuple[int, str]:
 def _state(settings) -> tuple[int, int]:
     from scheduler.store import make_store
 
+    # Job rows and dataset objects: what a submission writes (the worker writes only under jobs/, meanwhile).
     with session_scope(settings.db_url) as s:
         jobs = len(s.execute(select(Job.id)).all())
-    return jobs, sum(1 for _ in make_store(settings).list(""))
+    return jobs, sum(1 for _ in make_store(settings).list("datasets/"))
 
 
 def test_hostile_inputs_through_the_cli_and_the_worker(cluster, tmp_path, figures):
