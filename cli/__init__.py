@@ -20,11 +20,33 @@ from cli._common import err_console
 
 app = typer.Typer(
     name="medgan",
-    help="A GPU job system for GAN research on medical images: train, generate, enhance, evaluate.",
+    help="A GPU job system for GAN research on medical images: train, generate, enhance, evaluate, and run your "
+         "own scripts. Shell completion: `medgan --install-completion` (bash, zsh, fish, PowerShell).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    epilog="Example:  medgan train --steps 2000 --gpus 1 --wait",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"medgan {version('medgan')}")
+        except PackageNotFoundError:  # a checkout run without `pip install -e .`
+            print("medgan (not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print medgan's version and exit"),
+) -> None:
+    """A GPU job system for GAN research on medical images: train, generate, enhance, evaluate, and run your
+    own scripts. Shell completion: `medgan --install-completion` (bash, zsh, fish, PowerShell)."""
 app.registered_commands += submit.app.registered_commands
 app.registered_commands += ops.app.registered_commands
 app.add_typer(jobs_cli.app, name="jobs")

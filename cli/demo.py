@@ -137,7 +137,7 @@ def _summary(client: Client, jobs: list[dict[str, Any]], settings: Any, code: in
 app = typer.Typer(add_completion=False)
 
 
-@command(app, "demo")
+@command(app, "demo", example="medgan demo --steps 100 --count 16")
 def demo(
     steps: Annotated[int, typer.Option(help="training steps of the demo GAN")] = 300,
     count: Annotated[int, typer.Option(help="synthetic images to generate")] = 64,

@@ -33,7 +33,7 @@ def _db_errors(fn: Any) -> Any:
         fail(f"cannot reach the database: {str(exc.orig or exc).splitlines()[0]}")
 
 
-@command(db_app, "upgrade")
+@command(db_app, "upgrade", example="medgan db upgrade")
 def upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Migrate the database schema up (creates it on first use)."""
     from scheduler import migrate
@@ -43,7 +43,7 @@ def upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "
     console.print(f"database at revision {_db_errors(lambda: migrate.current(settings))}")
 
 
-@command(db_app, "downgrade")
+@command(db_app, "downgrade", example="medgan db downgrade -1")
 def downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. -1 or base")]) -> None:
     """Migrate the database schema down."""
     from scheduler import migrate
@@ -53,7 +53,7 @@ def downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g
     console.print(f"database at revision {_db_errors(lambda: migrate.current(settings))}")
 
 
-@command(db_app, "current")
+@command(db_app, "current", example="medgan db current")
 def current() -> None:
     """Print the schema revision."""
     from scheduler import migrate
@@ -61,7 +61,7 @@ def current() -> None:
     print(_db_errors(lambda: migrate.current(_settings())))
 
 
-@command(app, "worker")
+@command(app, "worker", example="medgan worker --gpus 0,1 --concurrency 2")
 def worker(
     queues: Annotated[str, typer.Option(help="comma-separated queues to consume")] = ",".join(C.QUEUES.values()),
     gpus: Annotated[Optional[str], typer.Option(help="cards this worker owns: 0,1,2 | none | all (default)")] = None,
@@ -98,7 +98,7 @@ def worker(
     start_worker(settings, inv, queues.split(","), slots, loglevel=loglevel)
 
 
-@command(app, "scheduler")
+@command(app, "scheduler", example="medgan scheduler --metrics-port 9108")
 def scheduler(
     metrics_port: Annotated[Optional[int], typer.Option(help="serve Prometheus /metrics on this port")] = None,
     once: Annotated[bool, typer.Option("--once", help="sweep once and exit")] = False,
@@ -120,7 +120,7 @@ def scheduler(
     run_forever(settings)
 
 
-@command(app, "status")
+@command(app, "status", example="medgan status --json")
 def status(json_: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Cluster overview: workers, cards busy/free per host, queue depth, running jobs."""
     from scheduler.overview import cluster_status
@@ -145,7 +145,7 @@ def status(json_: Annotated[bool, typer.Option("--json", help="print JSON")] = F
     console.print(jobs_table(data["running"], title="running jobs"))
 
 
-@command(app, "auth-proxy")
+@command(app, "auth-proxy", example="medgan auth-proxy --route 5555=http://flower:5555")
 def auth_proxy(
     route: Annotated[list[str], typer.Option("--route", help="PORT=UPSTREAM_URL to protect (repeatable), "
                                                              "e.g. 5555=http://flower:5555")],

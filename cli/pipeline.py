@@ -13,12 +13,12 @@ ordering only. Each step is its own job, visible in `medgan jobs ls`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
 from cli._common import command, console, follow, jobs_table, print_json
-from cli.submit import load_file
+from cli.submit import load_file, parse_sets
 from scheduler.errors import MedganUserError
 
 app = typer.Typer(help="Run multi-step pipelines from a YAML file.", no_args_is_help=True, add_completion=False)
@@ -42,6 +42,39 @@ def plan(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 raise MedganUserError(f"step {step['id']!r} refers to {ref!r}, which is not an earlier step")
         seen.add(step["id"])
     return steps
+
+
+SPEC_FIELDS = {"name", "owner", "priority", "gpus", "max_attempts", "shards", "dataset", "references"}
+
+
+def apply_sets(doc: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
+    """`STEP.key=value` overrides: a spec field of the step (gpus, shards, priority, …) or a config field,
+    dotted for nested ones (`train.phantom.count=64`). Values are JSON when they parse, else strings."""
+    import copy
+
+    doc = copy.deepcopy(doc)
+    steps = {s.get("id"): s for s in doc.get("steps") or [] if isinstance(s, dict)}
+    for path, value in parse_sets(sets).items():
+        step_id, dot, key = path.partition(".")
+        if not dot or not key:
+            raise MedganUserError(f"--set takes STEP.key=value for a pipeline, not {path!r}")
+        if step_id not in steps:
+            raise MedganUserError(f"--set {path}: no step {step_id!r} (steps: {', '.join(map(str, steps))})")
+        step = steps[step_id]
+        if key in SPEC_FIELDS:
+            step[key] = value
+            continue
+        node = step.setdefault("config", {}) if isinstance(step.get("config"), dict) or "config" not in step \
+            else None
+        if node is None:
+            raise MedganUserError(f"step {step_id!r} has a `config` that is not a mapping")
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MedganUserError(f"--set {path}: {part!r} is not a mapping in step {step_id!r}")
+        node[leaf] = value
+    return doc
 
 
 def run_pipeline(client: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,17 +108,21 @@ def run_pipeline(client: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
     return jobs
 
 
-@command(app, "run")
+@command(app, "run", example="medgan pipeline run examples/pipelines/phantom-utility.yaml --set train.steps=500 --wait")
 def run(
     file: Annotated[Path, typer.Argument(help="pipeline YAML (or JSON)")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STEP.key=value: a step's config field "
+                                                                    "(dotted for nested) or spec field "
+                                                                    "(gpus, shards, …); repeatable")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow every step to its end")] = False,
     json_: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Submit every step of a pipeline as a job that waits for the steps it names."""
+    """Submit every step of a pipeline as a job that waits for the steps it names. Cancelling a step cancels
+    the steps after it; `medgan jobs retry` of a step queues them again."""
     from scheduler.client import Client
 
     client = Client()
-    jobs = run_pipeline(client, load_file(file))
+    jobs = run_pipeline(client, apply_sets(load_file(file), set_))
     if wait:
         jobs = [follow(client, j["id"], quiet=json_) for j in jobs]
     if json_:

@@ -12,7 +12,7 @@ from cli._common import command, console, print_json
 app = typer.Typer(add_completion=False)
 
 
-@command(app, "report")
+@command(app, "report", example="medgan report 7d0e --out ./report")
 def report(
     job_id: Annotated[str, typer.Argument(help="an evaluate, generate or train job")],
     out: Annotated[Optional[Path], typer.Option(help="local folder for report.html (default: ./report-<id>)")] = None,

@@ -101,7 +101,7 @@ def do_submit(kind: str, config: dict[str, Any], *, wait: bool, as_json: bool, i
         raise typer.Exit(1)
 
 
-@command(app, "train")
+@command(app, "train", example="medgan train --model cgan --steps 2000 --gpus 1 --data ./scans --wait")
 def train(
     model: Annotated[Optional[str], typer.Option(help="cgan | dcgan | esrgan | zerodce")] = None,
     data: Annotated[Optional[str], typer.Option(help="local image folder/file (uploaded) or a dataset key; "
@@ -126,9 +126,10 @@ def train(
         dataset=data, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
-@command(app, "generate")
+@command(app, "generate", example="medgan generate --from 3f2a --count 1000 --class-counts 0=500,1=500 --shards 4")
 def generate(
-    source: Annotated[str, typer.Option("--from", help="the train job whose newest checkpoint samples")],
+    source: Annotated[str, typer.Option("--from", help="the train job (id, unique prefix or name) whose newest "
+                                                       "checkpoint samples")],
     count: Annotated[Optional[int], typer.Option(help="number of images")] = None,
     shards: Annotated[Optional[int], typer.Option(help="split into this many child jobs over all workers")] = None,
     seed: Annotated[Optional[int], typer.Option(help="sampling seed: image i depends only on (seed, i)")] = None,
@@ -154,7 +155,7 @@ def generate(
         source_job=source, shards=shards, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
-@command(app, "enhance")
+@command(app, "enhance", example="medgan enhance --input ./dark --reference ./normal --method lime")
 def enhance(
     input_: Annotated[str, typer.Option("--input", help="local image folder/file (uploaded) or a dataset key")],
     reference: Annotated[Optional[str], typer.Option(help="reference images (same file names) for PSNR/SSIM")] = None,
@@ -177,9 +178,10 @@ def enhance(
         owner=owner, after=after))
 
 
-@command(app, "evaluate")
+@command(app, "evaluate", example="medgan evaluate --from 9c41 --seeds 3")
 def evaluate(
-    source: Annotated[str, typer.Option("--from", help="the generate job whose images to judge")],
+    source: Annotated[str, typer.Option("--from", help="the generate job (id, unique prefix or name) whose images "
+                                                       "to judge")],
     real: Annotated[Optional[str], typer.Option(help="real images (default: the phantom the GAN trained on)")] = None,
     seeds: Annotated[Optional[int], typer.Option(help="seeds per utility arm")] = None,
     real_per_class: Annotated[Optional[int], typer.Option(help="real training images per class")] = None,
@@ -194,7 +196,7 @@ def evaluate(
         source_job=source, dataset=real, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
-@command(app, "submit")
+@command(app, "submit", example="medgan submit spec.yaml --wait")
 def submit(
     spec_file: Annotated[Path, typer.Argument(help="a JSON or YAML job spec with a `kind` field")],
     idempotency_key: IdemKey = None, wait: Wait = False, json_: Json = False,

@@ -4,15 +4,17 @@
 
     c = Client()                                    # settings from MEDGAN_* env / .env (embedded defaults)
     train = c.submit("train", config={"steps": 500}, gpus=1, idempotency_key="phantom-cgan-v1")
-    c.wait(train["id"])
-    gen = c.submit("generate", source_job=train["id"], config={"count": 1000}, shards=8)
-    c.wait(gen["id"], on_progress=lambda j: print(j["status"], j["step"], "/", j["total"]))
-    c.download(gen["id"], "out/")                   # out/manifest.csv, out/images/shard-0000/000000.png, ...
+    train.wait()
+    gen = c.submit("generate", source_job=train.id, config={"count": 1000}, shards=8)
+    gen.wait(on_progress=lambda j: print(j.status, j.step, "/", j.total))
+    gen.download("out/")                            # out/manifest.csv, out/images/shard-0000/000000.png, ...
 
-Every method returns plain dicts (JSON-ready); a job dict has at least id, kind, status, message, progress,
-step, total, parent_id, created_at/started_at/finished_at, duration_s and spec. Errors a user can fix
-(bad spec, unknown job, unreachable database) raise MedganUserError with one readable line.
-A complete script: examples/bulk_generate.py.
+Methods return typed objects: `Job` (a pydantic model with id, kind, status, message, progress, step, total,
+parent_id, created_at/started_at/finished_at, duration_s, spec, ... and `.wait()`, `.refresh()`,
+`.artifacts()`, `.download()`, `.cancel()`, `.retry()`, `.logs()`) and `ArtifactInfo`. Both also read as
+mappings (`job["id"]`) for scripts written against the older dict results; `.model_dump(mode="json")`
+gives JSON. Errors a user can fix (bad spec, unknown job, unreachable database) raise MedganUserError
+with one readable line. Complete scripts: examples/bulk_generate.py, examples/user_gan/.
 """
 
 from __future__ import annotations
@@ -20,19 +22,133 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from scheduler import jobs
 from scheduler.datasets import upload_dataset
 from scheduler.db import TERMINAL, Status
-from scheduler.errors import MedganUserError, StoreError
+from scheduler.errors import MedganUserError, NotFound, StoreError
 from scheduler.settings import Settings, get_settings
 from scheduler.specs import parse_spec
 from scheduler.store import Store, make_store, sha256_file, validate_key
 
-__all__ = ["Client", "MedganUserError"]
+__all__ = ["ArtifactInfo", "Client", "Job", "LogLine", "MedganUserError"]
 
-JobDict = dict[str, Any]
+
+class _Record(BaseModel):
+    """A typed result that also reads as a mapping (`r["id"]`, `r.get("x")`), as the dict results did."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and hasattr(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self.model_dump().keys())
+
+
+class ArtifactInfo(_Record):
+    """One object a job wrote: its store key (under jobs/<id>/), size in bytes, sha256 and kind."""
+
+    key: str
+    size: int
+    sha256: str
+    kind: str
+
+
+class LogLine(_Record):
+    """One line of a job's process output (stdout and stderr), as the worker shipped it."""
+
+    at: str
+    attempt: int
+    text: str
+
+
+class Job(_Record):
+    """A job as the database knows it, when it was read; `refresh()` reads it again.
+
+    `events` (status changes with reasons) and `children` (shards per status) are filled by `Client.job`
+    and `refresh()`; listings leave them empty.
+    """
+
+    id: str
+    kind: str
+    status: str
+    name: str | None = None
+    owner: str = ""
+    priority: int = 5
+    gpus: int = 0
+    queue: str = ""
+    attempt: int = 0
+    max_attempts: int = 0
+    progress: float = 0.0
+    step: int = 0
+    total: int = 0
+    message: str | None = None
+    parent_id: str | None = None
+    shard_index: int | None = None
+    depends_on: list[str] = []
+    lease_owner: str | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    spec: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+    children: dict[str, int] = {}
+    queue_position: int | None = None
+    waiting_reason: str | None = None
+    _client: "Client | None" = PrivateAttr(None)
+
+    @property
+    def done(self) -> bool:
+        """Whether it has ended (SUCCEEDED, FAILED or CANCELLED)."""
+        return Status(self.status) in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == Status.SUCCEEDED.value
+
+    def _c(self) -> "Client":
+        if self._client is None:
+            raise MedganUserError("this Job was not read through a Client")
+        return self._client
+
+    def refresh(self) -> "Job":
+        return self._c().job(self.id)
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5,
+             on_progress: Callable[["Job"], None] | None = None) -> "Job":
+        return self._c().wait(self.id, timeout=timeout, poll=poll, on_progress=on_progress)
+
+    def artifacts(self) -> list[ArtifactInfo]:
+        return self._c().artifacts(self.id)
+
+    def download(self, dest: str | Path, prefix: str = "") -> list[Path]:
+        return self._c().download(self.id, dest, prefix=prefix)
+
+    def cancel(self) -> "Job":
+        return self._c().cancel(self.id)
+
+    def retry(self) -> "Job":
+        return self._c().retry(self.id)
+
+    def logs(self, follow: bool = False, **kw: Any) -> Iterable[Any]:
+        return self._c().logs(self.id, follow=follow, **kw)
+
+
+JobDict = Job  # the name older code used for a job result
 
 
 class Client:
@@ -84,7 +200,7 @@ class Client:
         return upload_dataset(self.store, Path(path), name, max_file_bytes=self.settings.max_file_bytes)
 
     def submit(self, kind: str, /, *, config: dict[str, Any] | None = None, idempotency_key: str | None = None,
-               **fields: Any) -> JobDict:
+               **fields: Any) -> Job:
         """Submit one job of `kind` (train, generate, enhance, evaluate, noop); returns the job dict (QUEUED,
         or RUNNING for a fanned-out generation's parent).
 
@@ -109,9 +225,20 @@ class Client:
         for key, path in local.items():
             spec[key] = upload_dataset(self.store, path, check=check, max_file_bytes=self.settings.max_file_bytes)
         job = jobs.submit(self.settings, spec, idempotency_key=idempotency_key)
-        return jobs.job_dict(job)
+        return self._job(jobs.job_dict(job))
 
-    def submit_many(self, requests: Iterable[dict[str, Any]]) -> list[JobDict]:
+    def validate(self, kind: str, /, *, config: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        """Check a submission exactly as `submit` would (the same code), writing nothing; returns the spec
+        as it would be stored (job references resolved to ids). Raises MedganUserError when invalid."""
+        spec, local = self._prepare(kind, config, fields)
+        return {**spec, **{k: str(p) for k, p in local.items()}}
+
+    def _job(self, data: dict[str, Any]) -> Job:
+        job = Job(**data)
+        job._client = self
+        return job
+
+    def submit_many(self, requests: Iterable[dict[str, Any]]) -> list[Job]:
         """Submit several jobs. Each request is a dict of `submit`'s arguments, ``kind`` included::
 
             c.submit_many([{"kind": "noop", "sleep": 0.1}, {"kind": "train", "config": {"steps": 10}}])
@@ -132,7 +259,9 @@ class Client:
 
     def _prepare(self, kind: str, config: dict[str, Any] | None,
                  fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
-        """Validate a spec (local dataset paths must exist); returns it and its local paths to upload."""
+        """Validate a spec through `jobs.validate`, the one path every submission takes (local dataset paths
+        must exist; they are uploaded only after the rest is known to be valid). Returns the spec, its job
+        references resolved to ids, and its local paths to upload."""
         spec: dict[str, Any] = {"kind": kind, **{k: v for k, v in fields.items() if v is not None}}
         if config:
             spec["config"] = config
@@ -143,8 +272,10 @@ class Client:
                 raise MedganUserError(f"{key} must name a file, a folder or a dataset key, not an empty string")
             if not path.exists():
                 raise MedganUserError(f"{key} path does not exist: {path}")
-        # Validate everything else before anything is written (uploads included).
-        parse_spec({**spec, **{k: "datasets/local/pending" for k in local}})
+        checked = jobs.validate(self.settings, {**spec, **{k: "datasets/local/pending" for k in local}})
+        for key in ("source_job", "depends_on"):
+            if key in spec:
+                spec[key] = getattr(checked, key)
         return spec, local
 
     def _reader_check(self, spec: dict[str, Any], local: dict[str, Path]):  # noqa: ANN202
@@ -157,31 +288,36 @@ class Client:
         return header_check(policy.capped(**self.settings.read_ceilings())) if policy is not None else None
 
     # -- watching -----------------------------------------------------------------------
-    def job(self, job_id: str) -> JobDict:
-        """One job (a unique id prefix is enough), with its ``events`` (status changes, reasons) and, for a
-        fan-out parent, ``children`` (shard counts per status). NotFound when there is no such job."""
-        return jobs.get_job(self.settings, job_id)
+    def job(self, job_id: str) -> Job:
+        """One job (by id, a unique id prefix of 4+ characters, or its name), with its ``events`` (status
+        changes, reasons) and, for a fan-out parent, ``children`` (shard counts per status). NotFound when
+        there is no such job."""
+        return self._job(jobs.get_job(self.settings, job_id))
 
-    def jobs(self, *, status: str | None = None, kind: str | None = None, owner: str | None = None,
-             limit: int = 50, include_children: bool = False) -> list[JobDict]:
-        """The newest `limit` jobs, filtered by status / kind / owner; fan-out shards only with
-        `include_children`."""
-        return jobs.list_jobs(self.settings, status=status, kind=kind, owner=owner, limit=limit,
-                              include_children=include_children)
+    def jobs(self, *, status: str | Sequence[str] | None = None, kind: str | Sequence[str] | None = None,
+             owner: str | None = None, name: str | None = None, since: Any = None, until: Any = None,
+             limit: int = 50, include_children: bool = False) -> list[Job]:
+        """The newest `limit` jobs, filtered: `status`/`kind` (one value, a list or 'A,B'; unknown values
+        raise MedganUserError), `owner`, `name` (exact, or a glob with * and ?), `since`/`until` (created in
+        the window: '2h', '3d', 'today', or an ISO time, UTC); fan-out shards only with `include_children`."""
+        return [self._job(j) for j in jobs.list_jobs(
+            self.settings, status=status, kind=kind, owner=owner, name=name, since=since, until=until,
+            limit=limit, include_children=include_children)]
 
     def children(self, job_id: str) -> list[JobDict]:
         """The shard jobs of a fanned-out generation, by shard index (empty for any other job)."""
         from sqlalchemy import select
 
-        from scheduler.db import Job, session_scope
+        from scheduler.db import Job as JobRow
+        from scheduler.db import session_scope
 
-        parent_id = self.job(job_id)["id"]
+        parent_id = self.job(job_id).id
         with session_scope(self.settings.db_url) as session:
-            rows = session.execute(select(Job).where(Job.parent_id == parent_id).order_by(Job.shard_index))
-            return [jobs.job_dict(j) for j in rows.scalars()]
+            rows = session.execute(select(JobRow).where(JobRow.parent_id == parent_id).order_by(JobRow.shard_index))
+            return [self._job(jobs.job_dict(j)) for j in rows.scalars()]
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5,
-             on_progress: Callable[[JobDict], None] | None = None) -> JobDict:
+             on_progress: Callable[[Job], None] | None = None) -> Job:
         """Block until the job is SUCCEEDED, FAILED or CANCELLED and return it; check ``status`` (and
         ``message``, the reason of a failure) yourself: a failed job does not raise.
 
@@ -193,14 +329,14 @@ class Client:
             job = self.job(job_id)
             if on_progress is not None:
                 on_progress(job)
-            if Status(job["status"]) in TERMINAL:
+            if job.done:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll)
 
     def wait_all(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.5,
-                 on_progress: Callable[[list[JobDict]], None] | None = None) -> list[JobDict]:
+                 on_progress: Callable[[list[Job]], None] | None = None) -> list[Job]:
         """`wait` for several jobs: returns them all, in the order given, once every one has ended.
         `on_progress(jobs)` gets the current list at every poll. TimeoutError names the jobs still going."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -216,22 +352,75 @@ class Client:
                                    + ", ".join(f"{j['id']} {j['status']}" for j in waiting[:10]))
             time.sleep(poll)
 
-    def cancel(self, job_id: str) -> JobDict:
+    def cancel(self, job_id: str) -> Job:
         """QUEUED: CANCELLED now; RUNNING: CANCELLING, and the worker stops it (a checkpoint first) within
-        seconds. Cancelling a fan-out parent cancels its shards."""
-        return jobs.cancel(self.settings, job_id)
+        seconds. Cancelling a fan-out parent cancels its shards; queued jobs that depend on it are
+        CANCELLED too. A finished job is left as it is."""
+        return self._job(jobs.cancel(self.settings, job_id))
 
-    def retry(self, job_id: str) -> JobDict:
+    def cancel_where(self, **filters: Any) -> list[Job]:
+        """Cancel every unfinished job matching `jobs()`'s filters (status, kind, owner, name, since,
+        until; at least one); returns them."""
+        return [self._job(j) for j in jobs.cancel_where(self.settings, **filters)]
+
+    def retry(self, job_id: str) -> Job:
         """Re-queue a FAILED or CANCELLED job under the same id (training resumes from its newest checkpoint;
-        a fan-out re-runs only the shards that did not succeed)."""
-        return jobs.retry(self.settings, job_id)
+        a fan-out re-runs only the shards that did not succeed); the jobs that ended because it did not
+        succeed (later pipeline steps) are queued again too, waiting for it."""
+        return self._job(jobs.retry(self.settings, job_id))
+
+    def latest_metrics(self, job_id: str, prefix: str = "") -> dict[str, float]:
+        """The newest value of each metric series of a job (``prefix="loss"``: the latest losses)."""
+        return jobs.latest_metrics(self.settings, job_id, prefix)
+
+    def logs(self, job_id: str, *, follow: bool = False, tail: int | None = None, poll: float = 0.5,
+             timeout: float | None = None) -> Iterator[LogLine]:
+        """A job's process output, line by line, as the worker streams it into the database (from any host).
+        `tail`: only the last N lines written so far; `follow`: keep yielding new lines until the job has
+        ended and its last line is read (TimeoutError after `timeout` seconds)."""
+        job = self.job(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after, partial = 0, ""
+        first = True
+        while True:
+            chunks = jobs.log_chunks(self.settings, job.id, after)
+            lines: list[LogLine] = []
+            for c in chunks:
+                after = c["id"]
+                text = partial + c["text"]
+                parts = text.split("\n")
+                partial = parts.pop()  # a chunk cut inside a line (a very long one) waits for the rest
+                lines += [LogLine(at=c["at"], attempt=c["attempt"], text=p) for p in parts]
+            if first and tail is not None:
+                lines = lines[-tail:] if tail > 0 else []
+            first = False
+            yield from lines
+            if len(chunks) == 1000:
+                continue  # more are waiting
+            if not follow:
+                break
+            if job.done:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job.id} still {job.status} after {timeout}s")
+            time.sleep(poll)
+            job = self.job(job.id)  # read the status before the chunks: nothing written before the end is missed
+        if partial:
+            yield LogLine(at="", attempt=0, text=partial)
+
+    def accounting(self, *, since: Any = "7d", until: Any = None, by: str = "owner,kind",
+                   owner: str | None = None) -> list[dict[str, Any]]:
+        """GPU-hours and job-hours per owner and/or kind over [since, until) (scheduler/accounting.py)."""
+        from scheduler.accounting import accounting
+
+        return accounting(self.settings, since=since, until=until, by=by, owner=owner)
 
     # -- outputs ------------------------------------------------------------------------
-    def artifacts(self, job_id: str) -> list[JobDict]:
-        """Every object the job itself recorded: ``{"key", "size", "sha256", "kind"}``, keys under
+    def artifacts(self, job_id: str) -> list[ArtifactInfo]:
+        """Every object the job itself recorded (`ArtifactInfo`: key, size, sha256, kind), keys under
         ``jobs/<id>/``. A fan-out parent records only its merged ``manifest.csv``; its images are its
         shards' artifacts (``download`` collects both)."""
-        return jobs.list_artifacts(self.settings, job_id)
+        return [ArtifactInfo(**a) for a in jobs.list_artifacts(self.settings, job_id)]
 
     def download(self, job_id: str, dest: str | Path, prefix: str = "") -> list[Path]:
         """Download a job's artifacts (a fan-out's shards' too) into `dest`, keeping their paths relative to
@@ -252,7 +441,7 @@ class Client:
             out.append(target)
         return out
 
-    def _children_artifacts(self, job: JobDict) -> list[JobDict]:
+    def _children_artifacts(self, job: Job) -> list[ArtifactInfo]:
         if not job.get("children"):
             return []
         rows = []
@@ -261,5 +450,17 @@ class Client:
         return rows
 
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
-        """A presigned, expiring download link for a store key (S3), or a file URL (local store)."""
+        """A presigned, expiring download link for a store key (S3), or a file URL (local store).
+        `key` may also be JOB/PATH (a job reference and a path under its prefix: ``3f2a/train.log``).
+        NotFound when no such object exists (a link to nothing is never handed out)."""
+        key = self._resolve_key(key)
+        if not self.store.exists(key):
+            raise NotFound(f"no object {key!r} in the store ({self.store.describe()})")
         return self.store.url(key, expires)
+
+    def _resolve_key(self, key: str) -> str:
+        key = key.strip()
+        head, sep, rest = key.partition("/")
+        if sep and head not in ("jobs", "datasets", "code"):
+            key = f"jobs/{self.job(head).id}/{rest}"
+        return validate_key(key)

@@ -7,11 +7,13 @@ QUEUE_TRAIN = "medgan.train"
 QUEUE_GENERATE = "medgan.generate"
 QUEUE_ENHANCE = "medgan.enhance"
 QUEUE_EVALUATE = "medgan.evaluate"
+QUEUE_SCRIPT = "medgan.script"  # users' own code (`medgan run`)
 QUEUES = {
     "train": QUEUE_TRAIN,
     "generate": QUEUE_GENERATE,
     "enhance": QUEUE_ENHANCE,
     "evaluate": QUEUE_EVALUATE,
+    "script": QUEUE_SCRIPT,
 }
 TASK_NAMES = {kind: f"medgan.run_{kind}" for kind in (*QUEUES, "noop")}  # noop: overhead probe
 
@@ -24,6 +26,7 @@ PRIORITY_DEFAULT = 5
 PREFIX_DATASETS = "datasets"
 PREFIX_PENDING_UPLOADS = "datasets/_pending"  # one marker per upload in progress (no dataset name starts with _)
 PREFIX_JOBS = "jobs"
+PREFIX_CODE = "code"  # code snapshots of `medgan run`: code/<name>/<version>/… + manifest.jsonl
 
 # Time, in seconds.
 HEARTBEAT_SECONDS = 5.0  # how often a running job renews its lease
@@ -40,3 +43,10 @@ MAX_ATTEMPTS = 3  # a job requeued this many times after lost leases is FAILED
 
 # Sizes, in bytes.
 UPLOAD_PART_SIZE = 16 * 1024 * 1024
+CODE_MAX_BYTES = 100 * 1024 * 1024  # a code snapshot larger than this is refused (data goes in --data)
+CODE_MAX_FILES = 20_000
+LOG_CHUNK_BYTES = 64 * 1024  # one log_chunks row holds at most this much of a job's output
+LOG_DB_MAX_BYTES = 32 * 1024 * 1024  # per attempt; the rest is in the job.log artifact only
+
+# Job ids: 12 hex characters; a unique prefix of at least this many works wherever an id is taken.
+ID_PREFIX_MIN = 4

@@ -156,6 +156,23 @@ class MetricPoint(Base):
     __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),)
 
 
+class LogChunk(Base):
+    """A piece of a job's process output (stdout and stderr), appended by the worker while the job runs, so
+    `medgan jobs logs -f` follows it from any host. `seq` orders the chunks of one attempt."""
+
+    __tablename__ = "log_chunks"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_log_chunks_job_id_id", "job_id", "id"),
+                      UniqueConstraint("job_id", "attempt", "seq"))
+
+
 class Worker(Base):
     """A worker process's declaration: its host, cards and queues; refreshed while it lives."""
 

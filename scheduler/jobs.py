@@ -8,26 +8,27 @@ A message lost between commit and send is re-sent by the sweeper (the row is the
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-from typing import Any, Sequence
-
+import re
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 from sqlalchemy import func, inspect, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
+from scheduler import constants as C
 from scheduler import states
 from scheduler.broker import make_celery, queue_for, send_job
 from scheduler.db import (
-    Artifact, Job, JobEvent, MetricPoint, Status, get_engine, new_id, session_scope, utcnow,
+    Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, get_engine, new_id, session_scope, utcnow,
 )
 from scheduler.fanout import is_fanout_parent, parent_progress, plan_children, retry_failed_children
 from scheduler.policy import host_cards
 from scheduler.errors import DatabaseUnavailable, MedganUserError, NotFound, SpecError
 from scheduler.settings import Settings
-from scheduler.specs import GenerateSpec, parse_spec
+from scheduler.specs import KINDS, LEARNED_METHODS, AnySpec, EnhanceSpec, EvaluateSpec, GenerateSpec, parse_spec
 
 log = logging.getLogger(__name__)
 S = Status
@@ -52,17 +53,31 @@ def check_database(settings: Settings) -> None:
         raise DatabaseUnavailable(f"cannot reach the database {url}: {exc.orig or exc}".splitlines()[0]) from None
 
 
+def validate(settings: Settings, spec_data: dict[str, Any]) -> AnySpec:
+    """The one validation path of every submission (client, CLI, pipelines): job references given as ids,
+    unique id prefixes or names are resolved to ids, the spec is parsed, and what it refers to is checked
+    (exists, right kind, finished). Raises MedganUserError with one readable line; writes nothing."""
+    check_database(settings)
+    with session_scope(settings.db_url) as session:
+        return _validated(session, spec_data)
+
+
+def _validated(session: Session, spec_data: dict[str, Any]) -> AnySpec:
+    spec = parse_spec(resolve_refs(session, spec_data))
+    _check_references(session, spec)
+    _check_gpus(session, spec.gpus)
+    return spec
+
+
 def submit(settings: Settings, spec_data: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
     """Validate, record, commit, then enqueue. Returns the job (the existing one for a repeated key)."""
-    spec = parse_spec(spec_data)
     check_database(settings)
     with session_scope(settings.db_url) as session:
         if idempotency_key:
             existing = session.execute(select(Job).where(Job.idempotency_key == idempotency_key)).scalar_one_or_none()
             if existing is not None:
                 return existing
-        _check_references(session, spec)
-        _check_gpus(session, spec.gpus)
+        spec = _validated(session, spec_data)
         jobs = _rows_for(spec, settings, idempotency_key)
         session.add_all(jobs)
         try:
@@ -95,6 +110,32 @@ def _rows_for(spec: Any, settings: Settings, key: str | None) -> list[Job]:
     return [Job(spec=data, idempotency_key=key, status=S.QUEUED.value, **common)]
 
 
+def resolve_refs(session: Session, data: dict[str, Any]) -> dict[str, Any]:
+    """The spec with `source_job` and `depends_on` resolved from ids, unique prefixes or names to job ids."""
+    out = dict(data)
+
+    def one(field: str, ref: str) -> str:
+        try:
+            return resolve_id(session, ref).id
+        except NotFound as exc:
+            raise SpecError(f"invalid spec: {field} names an unknown job: {exc}") from None
+        except MedganUserError as exc:
+            raise SpecError(f"invalid spec: {field}: {exc}") from None
+
+    if isinstance(out.get("source_job"), str) and out["source_job"].strip():
+        out["source_job"] = one("source_job", out["source_job"])
+    if isinstance(out.get("depends_on"), list):
+        out["depends_on"] = [one("depends_on", d) if isinstance(d, str) else d for d in out["depends_on"]]
+    return out
+
+
+_SOURCE_KINDS: dict[type, tuple[str, str]] = {
+    GenerateSpec: ("train", "the train job to sample from"),
+    EnhanceSpec: ("train", "the train job of the model"),
+    EvaluateSpec: ("generate", "the generate job whose images to judge"),
+}
+
+
 def _check_references(session: Session, spec: Any) -> None:
     for dep in spec.depends_on:
         if session.get(Job, dep) is None:
@@ -104,8 +145,15 @@ def _check_references(session: Session, spec: Any) -> None:
         src = session.get(Job, source)
         if src is None:
             raise SpecError(f"source job {source} does not exist")
-        if src.kind not in ("train", "generate"):
-            raise SpecError(f"source job {source} is a {src.kind} job")
+        want, what = _SOURCE_KINDS.get(type(spec), ("train", "a train job"))
+        if src.kind != want:
+            raise SpecError(f"source job {source} is a {src.kind} job; it must be {what}")
+        model = (src.spec.get("config") or {}).get("model", "cgan") if src.kind == "train" else None
+        if isinstance(spec, GenerateSpec) and model in LEARNED_METHODS:
+            raise SpecError(f"source job {source} trained a {model} model; generate samples a cgan/dcgan generator")
+        if isinstance(spec, EnhanceSpec) and model != spec.config.method:
+            raise SpecError(f"source job {source} trained a {model} model, not the {spec.config.method} "
+                            f"that --method {spec.config.method} needs")
         if src.status != S.SUCCEEDED.value and source not in spec.depends_on:
             raise SpecError(f"source job {source} is {src.status}, not SUCCEEDED (or list it in depends_on)")
 
@@ -142,7 +190,8 @@ def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> 
                 job.enqueued_at = now
                 sent.append((job.id, job.kind, job.priority))
             elif blocked is not None:
-                states.transition(session, job.id, S.FAILED, expect=[S.QUEUED], actor="scheduler", reason=blocked)
+                _end_blocked(session, job, blocked)
+        cascade_blocked(session)
     if sent:
         app = make_celery(settings)
         for job_id, kind, priority in sent:
@@ -153,30 +202,72 @@ def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> 
     return [s[0] for s in sent]
 
 
+DEPENDENCY_REASON = "dependency "  # the reason of a job ended by its dependency starts so (retry finds them)
+
+
+def _end_blocked(session: Session, job: Job, reason: str) -> None:
+    """A dependency ended without success: a cancelled one cancels the job, anything else fails it."""
+    to = S.CANCELLED if reason.endswith(S.CANCELLED.value) else S.FAILED
+    states.transition(session, job.id, to, expect=[S.QUEUED], actor="scheduler", reason=reason)
+    for child in session.execute(select(Job).where(Job.parent_id == job.id)).scalars():
+        states.transition(session, child.id, to, expect=[S.QUEUED], actor="scheduler", reason=reason)
+
+
+def cascade_blocked(session: Session) -> int:
+    """End every queued job whose dependency (transitively) failed or was cancelled; returns how many."""
+    ended = 0
+    while True:
+        rows = session.execute(select(Job).where(Job.status == S.QUEUED.value, Job.parent_id.is_(None))).scalars()
+        newly = 0
+        for job in rows:
+            if not job.depends_on:
+                continue
+            blocked = _blocked_by(session, job)
+            if blocked:
+                _end_blocked(session, job, blocked)
+                newly += 1
+        ended += newly
+        if not newly:
+            return ended
+
+
 def _blocked_by(session: Session, job: Job) -> str | None:
-    """'' = ready; None = still waiting; a reason = a dependency failed."""
+    """'' = ready; None = still waiting; a reason = a dependency failed or was cancelled."""
     for dep_id in job.depends_on or []:
-        dep = session.get(Job, dep_id)
+        dep = session.get(Job, dep_id, populate_existing=True)
         if dep is None or dep.status in (S.FAILED.value, S.CANCELLED.value):
-            return f"dependency {dep_id} {dep.status if dep else 'vanished'}"
+            return f"{DEPENDENCY_REASON}{dep_id} {dep.status if dep else 'vanished'}"
         if dep.status != S.SUCCEEDED.value:
             job.message = f"waiting for job {dep_id} ({dep.status})"
             return None
     return ""
 
 
-def resolve_id(session: Session, job_id: str) -> Job:
-    """A job by id or unique id prefix (at least 4 characters)."""
-    job = session.get(Job, job_id)
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def resolve_id(session: Session, ref: str) -> Job:
+    """A job by id, unique id prefix (at least 4 characters) or name (of exactly one top-level job)."""
+    ref = str(ref).strip()
+    job = session.get(Job, ref) if ref else None
     if job is not None:
         return job
-    if len(job_id) >= 4:
-        rows = session.execute(select(Job).where(Job.id.like(f"{job_id}%")).limit(2)).scalars().all()
+    if _HEX.match(ref) and len(ref) >= C.ID_PREFIX_MIN:
+        rows = session.execute(select(Job.id).where(Job.id.like(f"{ref}%")).order_by(Job.id).limit(6)).scalars().all()
         if len(rows) == 1:
-            return rows[0]
+            return session.get(Job, rows[0])
         if len(rows) > 1:
-            raise MedganUserError(f"job id prefix {job_id!r} is ambiguous")
-    raise NotFound(f"no job {job_id!r}")
+            raise MedganUserError(f"job id prefix {ref!r} is ambiguous ({', '.join(rows[:5])}…): give more characters")
+    named = session.execute(select(Job.id).where(Job.name == ref, Job.parent_id.is_(None))
+                            .order_by(Job.created_at.desc()).limit(6)).scalars().all()
+    if len(named) == 1:
+        return session.get(Job, named[0])
+    if len(named) > 1:
+        raise MedganUserError(f"{len(named) if len(named) < 6 else 'several'} jobs are named {ref!r} "
+                              f"({', '.join(named[:5])}): use an id")
+    if _HEX.match(ref) and len(ref) < C.ID_PREFIX_MIN:
+        raise NotFound(f"no job {ref!r}: an id prefix needs at least {C.ID_PREFIX_MIN} characters")
+    raise NotFound(f"no job {ref!r}: it does not exist (as an id, a unique id prefix or a job name)")
 
 
 def get_job(settings: Settings, job_id: str) -> dict[str, Any]:
@@ -233,19 +324,78 @@ def queue_position(session: Session, job: Job) -> tuple[int, str]:
     return ahead + 1, reason
 
 
-def list_jobs(settings: Settings, *, status: str | None = None, kind: str | None = None,
-              owner: str | None = None, limit: int = 50, include_children: bool = False) -> list[dict[str, Any]]:
+def _choices(values: str | Iterable[str] | None, known: Iterable[str], what: str, upper: bool = False) -> list[str]:
+    """'A,B' or ['A', 'B'] checked against the known values (one line naming them otherwise)."""
+    if values is None:
+        return []
+    items = [v for part in ([values] if isinstance(values, str) else values) for v in str(part).split(",")]
+    items = [v.strip().upper() if upper else v.strip() for v in items if v.strip()]
+    known = list(known)
+    bad = [v for v in items if v not in known]
+    if bad:
+        raise MedganUserError(f"unknown {what} {', '.join(map(repr, bad))}; choose from {', '.join(known)}")
+    return items
+
+
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)$")
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str | datetime | None, *, now: datetime | None = None) -> datetime | None:
+    """'90m', '2h', '3d', '1w' (that long ago), 'today', or an ISO date/time (UTC) → naive UTC datetime."""
+    if text is None or isinstance(text, datetime):
+        return text
+    now = now or utcnow()
+    t = text.strip().lower()
+    m = _SPAN.match(t)
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    if t == "today":
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise MedganUserError(f"not a time: {text!r} (say 90m, 2h, 3d, 1w, today or 2026-01-31T08:00)") from None
+    if when.tzinfo is not None:
+        from datetime import timezone
+
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def job_query(*, status: Any = None, kind: Any = None, owner: str | None = None, name: str | None = None,
+              since: Any = None, until: Any = None, include_children: bool = False) -> Any:
+    """The SELECT of jobs matching the filters, validated (unknown status/kind: MedganUserError).
+    `name` matches exactly, or as a glob when it holds * or ?."""
+    q = select(Job)
+    statuses = _choices(status, [s.value for s in S], "status", upper=True)
+    kinds = _choices(kind, KINDS, "kind")
+    if statuses:
+        q = q.where(Job.status.in_(statuses))
+    if kinds:
+        q = q.where(Job.kind.in_(kinds))
+    if owner:
+        q = q.where(Job.owner == owner)
+    if name:
+        if "*" in name or "?" in name:
+            pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            q = q.where(Job.name.like(pattern.replace("*", "%").replace("?", "_"), escape="\\"))
+        else:
+            q = q.where(Job.name == name)
+    if since is not None:
+        q = q.where(Job.created_at >= parse_when(since))
+    if until is not None:
+        q = q.where(Job.created_at < parse_when(until))
+    if not include_children:
+        q = q.where(Job.parent_id.is_(None))
+    return q
+
+
+def list_jobs(settings: Settings, *, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+    """The newest `limit` jobs matching `job_query`'s filters."""
+    q = job_query(**filters).order_by(Job.created_at.desc()).limit(limit)
     check_database(settings)
     with session_scope(settings.db_url) as session:
-        q = select(Job).order_by(Job.created_at.desc()).limit(limit)
-        if status:
-            q = q.where(Job.status == status.upper())
-        if kind:
-            q = q.where(Job.kind == kind)
-        if owner:
-            q = q.where(Job.owner == owner)
-        if not include_children:
-            q = q.where(Job.parent_id.is_(None))
         return [job_dict(j) for j in session.execute(q).scalars()]
 
 
@@ -265,21 +415,37 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def cancel(settings: Settings, job_id: str, actor: str = "cli") -> dict[str, Any]:
-    """QUEUED → CANCELLED now; RUNNING → CANCELLING (the worker stops it within seconds). Cascades to children."""
+    """QUEUED → CANCELLED now; RUNNING → CANCELLING (the worker stops it within seconds). Cascades to
+    children, and to the queued jobs that depend on it (CANCELLED, reason "dependency … CANCELLED")."""
     check_database(settings)
     with session_scope(settings.db_url) as session:
-        job = resolve_id(session, job_id)
-        for child in session.execute(select(Job).where(Job.parent_id == job.id)).scalars():
-            states.request_cancel(session, child.id, actor=actor)
-        if job.parent_id is None and session.execute(
-            select(func.count()).where(Job.parent_id == job.id)
-        ).scalar_one():
-            states.transition(session, job.id, S.CANCELLED, expect=[S.QUEUED, S.RUNNING], actor=actor,
-                              reason="cancelled by user")
-        else:
-            states.request_cancel(session, job.id, actor=actor)
-        session.flush()
-        return job_dict(session.get(Job, job.id, populate_existing=True))
+        job = _cancel_one(session, resolve_id(session, job_id), actor)
+        return job_dict(job)
+
+
+def cancel_where(settings: Settings, actor: str = "cli", **filters: Any) -> list[dict[str, Any]]:
+    """Cancel every unfinished job matching `job_query`'s filters (at least one filter); returns them."""
+    if not any(v for v in filters.values()):
+        raise MedganUserError("name a job, or at least one filter (--status, --kind, --owner, --name, --since)")
+    q = job_query(**filters).where(Job.status.in_([S.QUEUED.value, S.RUNNING.value])).order_by(Job.created_at)
+    check_database(settings)
+    with session_scope(settings.db_url) as session:
+        return [job_dict(_cancel_one(session, job, actor)) for job in session.execute(q).scalars().all()]
+
+
+def _cancel_one(session: Session, job: Job, actor: str) -> Job:
+    for child in session.execute(select(Job).where(Job.parent_id == job.id)).scalars():
+        states.request_cancel(session, child.id, actor=actor)
+    if job.parent_id is None and session.execute(
+        select(func.count()).where(Job.parent_id == job.id)
+    ).scalar_one():
+        states.transition(session, job.id, S.CANCELLED, expect=[S.QUEUED, S.RUNNING], actor=actor,
+                          reason="cancelled by user")
+    else:
+        states.request_cancel(session, job.id, actor=actor)
+    session.flush()
+    cascade_blocked(session)
+    return session.get(Job, job.id, populate_existing=True)
 
 
 def retry(settings: Settings, job_id: str, actor: str = "cli") -> dict[str, Any]:
@@ -287,6 +453,9 @@ def retry(settings: Settings, job_id: str, actor: str = "cli") -> dict[str, Any]
     check_database(settings)
     with session_scope(settings.db_url) as session:
         job = resolve_id(session, job_id)
+        if job.status == S.CANCELLING.value:
+            raise MedganUserError(f"job {job.id} is still CANCELLING (writing its checkpoint); retry it once it is "
+                                  f"CANCELLED (`medgan jobs wait {job.id}`)")
         if job.status not in (S.FAILED.value, S.CANCELLED.value):
             raise MedganUserError(f"job {job.id} is {job.status}; only FAILED or CANCELLED jobs can be retried")
         job_id = job.id
@@ -300,8 +469,29 @@ def retry(settings: Settings, job_id: str, actor: str = "cli") -> dict[str, Any]
             states.transition(session, job_id, S.QUEUED, expect=[S(job.status)], actor=actor,
                               reason="retried by user", values={"attempt": 0, "message": None})
             to_send = [job_id]
+        to_send += _requeue_dependants(session, job_id, actor)
     dispatch_ready(settings, to_send)
     return get_job(settings, job_id)
+
+
+def _requeue_dependants(session: Session, job_id: str, actor: str) -> list[str]:
+    """The jobs that ended because `job_id` (or one of them, transitively) did not succeed go back to the
+    queue too; they wait for it again (a retried pipeline step brings its later steps back)."""
+    ended = session.execute(select(Job).where(Job.status.in_([S.FAILED.value, S.CANCELLED.value]),
+                                              Job.message.like(f"{DEPENDENCY_REASON}%"))).scalars().all()
+    todo, again = [job_id], []
+    while todo:
+        current = todo.pop()
+        for job in ended:
+            if current in (job.depends_on or []) and job.id not in again:
+                states.transition(session, job.id, S.QUEUED, expect=[S(job.status)], actor=actor,
+                                  reason=f"retried with {job_id}", values={"attempt": 0, "message": None})
+                for child in session.execute(select(Job).where(Job.parent_id == job.id)).scalars():
+                    states.transition(session, child.id, S.QUEUED, expect=[S(child.status)], actor=actor,
+                                      reason=f"retried with {job_id}", values={"attempt": 0})
+                again.append(job.id)
+                todo.append(job.id)
+    return again
 
 
 def list_artifacts(settings: Settings, job_id: str) -> list[dict[str, Any]]:
@@ -323,3 +513,24 @@ def metric_series(settings: Settings, job_id: str) -> dict[str, list[tuple[int |
     for name, step, value in rows:
         out.setdefault(name, []).append((step, value))
     return out
+
+
+def latest_metrics(settings: Settings, job_id: str, prefix: str = "") -> dict[str, float]:
+    """The newest value of each of a job's metric series (names starting with `prefix`)."""
+    with session_scope(settings.db_url) as session:
+        job = resolve_id(session, job_id)
+        newest = (select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job.id)
+                  .group_by(MetricPoint.name))
+        if prefix:
+            newest = newest.where(MetricPoint.name.like(f"{prefix}%"))
+        rows = session.execute(select(MetricPoint.name, MetricPoint.value).where(MetricPoint.id.in_(newest))).all()
+    return {name: value for name, value in rows}
+
+
+def log_chunks(settings: Settings, job_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """A job's live-log chunks with id > `after`, oldest first: {id, attempt, seq, at, text}."""
+    with session_scope(settings.db_url) as session:
+        rows = session.execute(select(LogChunk).where(LogChunk.job_id == job_id, LogChunk.id > after)
+                               .order_by(LogChunk.id).limit(limit)).scalars()
+        return [{"id": c.id, "attempt": c.attempt, "seq": c.seq, "at": c.at.isoformat(), "text": c.text}
+                for c in rows]

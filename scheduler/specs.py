@@ -10,7 +10,7 @@ import getpass
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from medgan.config import EnhanceConfig, EvaluateConfig, GenerateConfig, TrainConfig
 from scheduler import constants as C
@@ -64,19 +64,26 @@ class TrainSpec(_Base):
     _v_dataset = _datasets("dataset")
 
 
+def _job_id(cls: type, v: str | None) -> str | None:
+    if v is not None and not JOB_ID.match(v):
+        raise ValueError(f"not a job id: {v!r}")
+    return v
+
+
 class GenerateSpec(_Base):
     kind: Literal["generate"] = "generate"
     config: GenerateConfig = Field(default_factory=GenerateConfig)
-    source_job: str | None = Field(None, description="the train job whose newest checkpoint samples")
+    source_job: str = Field(..., description="the train job whose newest checkpoint samples (`--from` on the CLI)")
     shards: int = Field(1, ge=1, le=10_000)
     shard_index: int | None = Field(None, ge=0, description="set on child jobs of a fan-out")
+    _v_source = field_validator("source_job")(classmethod(_job_id))
 
-    @field_validator("source_job")
+    @model_validator(mode="before")
     @classmethod
-    def _source(cls, v: str | None) -> str | None:
-        if v is not None and not JOB_ID.match(v):
-            raise ValueError(f"not a job id: {v!r}")
-        return v
+    def _needs_source(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("source_job"):
+            raise ValueError("a generate job needs source_job: the train job to sample from")
+        return data
 
 
 class EnhanceSpec(_Base):
@@ -86,6 +93,14 @@ class EnhanceSpec(_Base):
     references: str | None = Field(None, description="dataset key of reference images (same file stems)")
     source_job: str | None = Field(None, description="a zerodce/esrgan train job for learned methods")
     _v_dataset = _datasets("dataset", "references")
+    _v_source = field_validator("source_job")(classmethod(_job_id))
+
+    @model_validator(mode="after")
+    def _learned_needs_model(self) -> "EnhanceSpec":
+        if self.config.method in LEARNED_METHODS and not self.source_job:
+            raise ValueError(f"method {self.config.method} needs source_job: the {self.config.method} train job "
+                             "whose model to use")
+        return self
 
 
 class EvaluateSpec(_Base):
@@ -94,6 +109,7 @@ class EvaluateSpec(_Base):
     source_job: str = Field(..., description="the generate job whose images to judge")
     dataset: str | None = Field(None, description="real images; None = the phantom the generator trained on")
     _v_dataset = _datasets("dataset")
+    _v_source = field_validator("source_job")(classmethod(_job_id))
 
 
 class NoopSpec(_Base):
@@ -104,14 +120,54 @@ class NoopSpec(_Base):
     fail: str | None = None
 
 
+CODE_KEY = re.compile(r"^code/[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,64}$")
+
+
+class ScriptSpec(_Base):
+    """Your own code (`medgan run`): a content-addressed snapshot of a folder, and the command to run in it
+    under `accelerate launch` on the leased cards (worker/tasks/script.py documents its environment)."""
+
+    kind: Literal["script"] = "script"
+    code: str = Field(..., description="code snapshot key, code/<name>/<version> (uploaded by `medgan run`)")
+    command: list[str] = Field(..., min_length=1, max_length=1000, description="argv, e.g. python train.py --lr 2e-4")
+    dataset: str | None = Field(None, description="dataset key, materialised as $MEDGAN_DATA_DIR")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables of the script")
+    _v_dataset = _datasets("dataset")
+
+    @field_validator("code")
+    @classmethod
+    def _code_key(cls, v: str) -> str:
+        if not CODE_KEY.match(v):
+            raise ValueError(f"not a code snapshot key (code/<name>/<version>): {v!r}")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, v: list[str]) -> list[str]:
+        if not v[0].strip() or any("\x00" in a for a in v):
+            raise ValueError("command must be a program and its arguments, e.g. ['python', 'train.py']")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", key) or key.startswith("MEDGAN_") \
+                    or key == "CUDA_VISIBLE_DEVICES":
+                raise ValueError(f"env may not set {key!r} (the worker sets MEDGAN_* and CUDA_VISIBLE_DEVICES)")
+        return v
+
+
 JobSpec = Annotated[
-    Union[TrainSpec, GenerateSpec, EnhanceSpec, EvaluateSpec, NoopSpec], Field(discriminator="kind")
+    Union[TrainSpec, GenerateSpec, EnhanceSpec, EvaluateSpec, ScriptSpec, NoopSpec], Field(discriminator="kind")
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
-KINDS = ("train", "generate", "enhance", "evaluate", "noop")
+KINDS = ("train", "generate", "enhance", "evaluate", "script", "noop")
+LEARNED_METHODS = ("zerodce", "esrgan")
+AnySpec = Union[TrainSpec, GenerateSpec, EnhanceSpec, EvaluateSpec, ScriptSpec, NoopSpec]
 
 
-def parse_spec(data: dict[str, Any]) -> TrainSpec | GenerateSpec | EnhanceSpec | EvaluateSpec | NoopSpec:
+def parse_spec(data: dict[str, Any]) -> AnySpec:
     """Validate a spec dict; SpecError carries one readable line per problem."""
     kind = data.get("kind")
     if kind not in KINDS:

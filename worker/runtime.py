@@ -27,7 +27,7 @@ from medgan.errors import MedganError
 from scheduler import fanout, states
 from scheduler.broker import make_celery, send_job
 from scheduler.datasets import download_dataset, object_key
-from scheduler.db import Artifact, Job, MetricPoint, Status, Worker, session_scope, utcnow
+from scheduler.db import Artifact, Job, LogChunk, MetricPoint, Status, Worker, session_scope, utcnow
 from scheduler.errors import MedganUserError, StoreError
 from scheduler.jobs import dispatch_ready
 from scheduler.settings import Settings
@@ -98,6 +98,8 @@ class JobRun:
         self.store = ctx.store
         self.job_id = job.id
         self.kind = job.kind
+        self.attempt = job.attempt
+        self._log_seq = 0
         self.spec = parse_spec(job.spec)
         self.cards = cards
         self.parent_id = job.parent_id
@@ -156,6 +158,19 @@ class JobRun:
                 progress=(step / total) if total else 0.0, progress_step=step, progress_total=total))
             for name, value in numeric.items():
                 s.add(MetricPoint(job_id=self.job_id, name=name, step=step, value=value))
+
+    def append_log(self, chunks: list[str]) -> None:
+        """Append chunks of process output to the job's live log, while this attempt still holds the job
+        (a stale attempt's output is dropped, never mixed into the current one's)."""
+        if not chunks:
+            return
+        with session_scope(self.settings.db_url) as s:
+            holder = s.execute(select(Job.lease_owner, Job.attempt).where(Job.id == self.job_id)).one_or_none()
+            if holder is None or tuple(holder) != (self.ctx.name, self.attempt):
+                return
+            for text in chunks:
+                s.add(LogChunk(job_id=self.job_id, attempt=self.attempt, seq=self._log_seq, text=text, at=utcnow()))
+                self._log_seq += 1
 
     def metric(self, name: str, value: float, step: int | None = None) -> None:
         with session_scope(self.settings.db_url) as s:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+from scheduler import constants as C
 from worker.launcher import STOP, run_watched
 from worker.runtime import JobFailed, JobRun, JobStopped
 
@@ -39,6 +40,37 @@ class StatsTail:
         return out
 
 
+class LogShipper:
+    """Appends what the process wrote to its log since the last call to the job's log chunks in the
+    database (whole lines; a line longer than a chunk is cut), so `medgan jobs logs -f` sees it live from
+    any host. After LOG_DB_MAX_BYTES per attempt it stops, saying so; the job.log artifact keeps it all."""
+
+    def __init__(self, run: JobRun, path: Path, limit: int = C.LOG_DB_MAX_BYTES):
+        self.run, self.path, self.limit = run, path, limit
+        self.offset = path.stat().st_size if path.exists() else 0  # an earlier attempt's part is shipped
+        self.shipped = 0
+
+    def ship(self, final: bool = False) -> None:
+        if self.shipped >= self.limit or not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.limit - self.shipped + 1)
+        end = len(data) if final else data.rfind(b"\n") + 1
+        if end == 0 and len(data) >= C.LOG_CHUNK_BYTES:
+            end = len(data)  # one very long line: cut it rather than hold the log back
+        if end == 0:
+            return
+        body = data[:end]
+        self.offset += end
+        self.shipped += end
+        if self.shipped >= self.limit:
+            body += (f"\n[medgan: the live log stops after {self.limit} bytes; the whole log is the job's "
+                     f"log artifact when it ends]\n").encode()
+        chunks = [body[i:i + C.LOG_CHUNK_BYTES] for i in range(0, len(body), C.LOG_CHUNK_BYTES)]
+        self.run.append_log([c.decode(errors="replace") for c in chunks])
+
+
 def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, str],
                 extra_tick: Callable[[], None] | None = None) -> dict:
     """Run `cmd` until it ends; returns result.json. Raises JobFailed / JobStopped as the run ended."""
@@ -47,16 +79,21 @@ def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, s
     read_report = run_dir / "read.json"  # every dataset the child reads adds its counts here (medgan.data)
     read_report.unlink(missing_ok=True)
     env = {**env, "MEDGAN_READ_REPORT": str(read_report)}
+    shipper = LogShipper(run, log_path)
 
     def tick() -> str | None:
         rows = tail.read()
         for row in rows[-20:]:  # a burst after a slow tick: keep the newest points
             run.progress(int(row.get("step", 0)), int(row.get("total", 0)), row, force=True)
+        shipper.ship()
         if extra_tick is not None:
             extra_tick()
         return STOP if run.should_stop() else None
 
-    code = run_watched(cmd, env=env, log_path=log_path, on_tick=tick)
+    try:
+        code = run_watched(cmd, env=env, log_path=log_path, on_tick=tick)
+    finally:
+        shipper.ship(final=True)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     if run.should_stop():

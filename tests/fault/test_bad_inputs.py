@@ -65,7 +65,10 @@ def _clear(reason: str | None, needles: list[str]) -> bool:
 # -- tier 1: refused at submission ----------------------------------------------------------------
 SUBMISSION = [
     ("non-existent source job", "generate", {"source_job": "0123456789ab"}, "does not exist"),
-    ("source job id that is no id", "generate", {"source_job": "../../etc"}, "not a job id"),
+    ("source job id that is no id", "generate", {"source_job": "../../etc"}, "does not exist"),
+    ("generate without a source job", "generate", {}, "needs source_job"),
+    ("learned enhancer without a model", "enhance", {"dataset": "datasets/x/1", "config": {"method": "zerodce"}},
+     "needs source_job"),
     ("absurd learning rate 1e6", "train", {"config": {"lr_g": 1e6}}, "lr_g"),
     ("image size not a power of two", "train", {"config": {"image_size": 33}}, "power of two"),
     ("negative steps", "train", {"config": {"steps": -5}}, "steps"),
@@ -135,14 +138,13 @@ def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path,
     expect["evaluate a generate job that has no images"] = (
         client.submit("evaluate", source_job=empty_gen)["id"], [empty_gen, "no images"])
     fine = client.upload_dataset(_folder(tmp_path, "fine", {"a.png": _png(tmp_path / "f.png").read_bytes()}))
-    expect["learned enhancer without a model"] = (
-        client.submit("enhance", dataset=fine, config={"method": "zerodce"})["id"], ["zerodce", "--model"])
     failed = client.submit("noop", fail="broken on purpose")["id"]
     wait_for(lambda: client.job(failed)["status"] == "FAILED", timeout=60, what="the noop to fail")
     expect["depends on a job that failed"] = (client.submit("noop", depends_on=[failed])["id"], [failed, "FAILED"])
 
     # -- found by the science subprocess: models and checkpoints
-    dce = finished_job(settings, "train", {"config": {**TRAIN2, "model": "zerodce"}})
+    # A cgan train job holding a zerodce checkpoint (a zerodce job itself is refused at submission).
+    dce = finished_job(settings, "train", {"config": TRAIN2})
     plant_checkpoint(store, dce, foreign_checkpoints["zerodce"])
     expect["generate from a checkpoint of another model (zerodce)"] = (
         client.submit("generate", source_job=dce, config={"count": 2})["id"], ["zerodce"])
