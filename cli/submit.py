@@ -133,7 +133,9 @@ def generate(
     count: Annotated[Optional[int], typer.Option(help="number of images")] = None,
     shards: Annotated[Optional[int], typer.Option(help="split into this many child jobs over all workers")] = None,
     seed: Annotated[Optional[int], typer.Option(help="sampling seed: image i depends only on (seed, i)")] = None,
-    bit_depth: Annotated[Optional[int], typer.Option(help="PNG bit depth, 8 or 16")] = None,
+    bit_depth: Annotated[Optional[int], typer.Option(help="bit depth, 8 or 16")] = None,
+    format_: Annotated[Optional[str], typer.Option("--format", help="png | dicom | nifti (each file marked "
+                                                                    "SYNTHETIC, with its provenance)")] = None,
     masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="write lesion masks")] = None,
     class_counts: Annotated[Optional[str], typer.Option(help="images per class, e.g. 0=500,1=500")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
@@ -148,7 +150,7 @@ def generate(
         except ValueError:
             fail(f"--class-counts takes label=count pairs like 0=500,1=500, not {class_counts!r}")
     cfg = build_config(config, set_, count=count, seed=seed, bit_depth=bit_depth, with_masks=masks,
-                       class_counts=counts)
+                       class_counts=counts, format=format_)
     if counts and count is None and "count" not in cfg:
         cfg["count"] = sum(counts.values())
     do_submit("generate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
@@ -212,3 +214,56 @@ def submit(
     if not isinstance(config, dict):
         fail(f"`config` in {spec_file} must be a mapping of fields")
     do_submit(kind, config, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=spec)
+
+
+@command(app, "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+         example="medgan run --gpus 2 --data ./scans -- python train.py --lr 2e-4")
+def run(
+    ctx: typer.Context,
+    gpus: Annotated[int, typer.Option(help="cards to lease; one process per card under accelerate launch")] = 0,
+    data: Annotated[Optional[str], typer.Option(help="local folder (uploaded once) or dataset key: "
+                                                     "$MEDGAN_DATA_DIR")] = None,
+    code: Annotated[Path, typer.Option(help="folder to snapshot (respecting .gitignore)")] = Path("."),
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the script (repeatable)")] = None,
+    max_attempts: Annotated[Optional[int], typer.Option(help="runs allowed after lost workers and failures")] = None,
+    follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="stream the job's log until it ends")] = False,
+    priority: Priority = None, name: Name = None, owner: Owner = None, idempotency_key: IdemKey = None,
+    after: After = None, wait: Wait = False, json_: Json = False,
+) -> None:
+    """Queue your own code: the folder is uploaded as a content-addressed snapshot and the command after `--`
+    runs in a copy of it under `accelerate launch` on the leased cards. It gets $MEDGAN_OUTPUT_DIR (files there
+    become artifacts), $MEDGAN_CHECKPOINT_DIR (restored from the newest snapshot when the job is requeued),
+    $MEDGAN_DATA_DIR and $MEDGAN_STATS_FILE (JSON lines for progress); its output is the job's live log."""
+    from scheduler.client import Client
+
+    command_argv = list(ctx.args)
+    if not command_argv:
+        fail("name the command after `--`, e.g. medgan run --gpus 1 -- python train.py --lr 2e-4")
+    if command_argv[0].startswith("--") and command_argv[0] not in ("--",):
+        fail(f"unknown option {command_argv[0]!r} (put the command after `--`)")
+    extra_env: dict[str, str] = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--env takes KEY=VALUE, not {item!r}")
+        extra_env[key] = value
+    client = Client()
+    job = client.run(command_argv, code=code, gpus=gpus, data=data, env=extra_env or None, priority=priority,
+                     name=name, owner=owner, max_attempts=max_attempts, depends_on=after or None,
+                     idempotency_key=idempotency_key)
+    if follow_logs:
+        err_console.print(f"submitted script job [bold]{job.id}[/] ({job.status}); following its log")
+        for line in client.logs(job.id, follow=True):
+            print(line.text, flush=True)
+        job = client.job(job.id)
+    elif wait:
+        job = follow(client, job.id, quiet=json_)
+    if json_:
+        print_json(job)
+    elif not (wait or follow_logs):
+        err_console.print(f"submitted script job [bold]{job.id}[/] ({job.status}); code {job.spec['code']}")
+        print(job.id)
+    else:
+        console.print(f"job [bold]{job.id}[/] {job.status}" + (f": {job.message}" if job.message else ""))
+    if (wait or follow_logs) and job.status != "SUCCEEDED":
+        raise typer.Exit(1)

@@ -89,6 +89,8 @@ class GenerateConfig(_Frozen):
         None, description="images per class label; default: balanced over the model's classes"
     )
     bit_depth: Literal[8, 16] = 8
+    format: Literal["png", "dicom", "nifti"] = Field(
+        "png", description="file format of the images (and masks): PNG, DICOM Secondary Capture or NIfTI-1")
     with_masks: bool = False
     batch_size: int = Field(64, ge=1, le=4096)
     use_ema: bool = True

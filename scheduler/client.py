@@ -201,12 +201,13 @@ class Client:
 
     def submit(self, kind: str, /, *, config: dict[str, Any] | None = None, idempotency_key: str | None = None,
                **fields: Any) -> Job:
-        """Submit one job of `kind` (train, generate, enhance, evaluate, noop); returns the job dict (QUEUED,
-        or RUNNING for a fanned-out generation's parent).
+        """Submit one job of `kind` (train, generate, enhance, evaluate, script, noop); returns the `Job`
+        (QUEUED). Your own code: `run`.
 
         `config` is the science config of the kind (medgan.config: TrainConfig, GenerateConfig, ...).
         `fields` are spec fields: gpus, priority (0 = most urgent), name, owner, source_job, dataset,
-        references, shards, depends_on, max_attempts; noop takes sleep and fail. A local path given as
+        references, shards, depends_on, max_attempts; noop takes sleep and fail. Job references
+        (source_job, depends_on) take an id, a unique id prefix of 4+ characters, or a job name. A local path given as
         `dataset`/`references` is uploaded first. With `idempotency_key`, a second submission with the same
         key returns the first job instead of creating another (safe to re-run a script).
 
@@ -226,6 +227,32 @@ class Client:
             spec[key] = upload_dataset(self.store, path, check=check, max_file_bytes=self.settings.max_file_bytes)
         job = jobs.submit(self.settings, spec, idempotency_key=idempotency_key)
         return self._job(jobs.job_dict(job))
+
+    def run(self, command: str | Sequence[str], /, *, code: str | Path = ".", gpus: int = 0,
+            data: str | Path | None = None, env: dict[str, str] | None = None,
+            idempotency_key: str | None = None, **fields: Any) -> Job:
+        """Queue your own code: snapshot the folder `code` (respecting .gitignore, size-limited, content-addressed;
+        scheduler/code.py), then run `command` in a copy of it under `accelerate launch` on `gpus` leased cards
+        (one process per card). `data` (a local folder, uploaded once, or a dataset key) arrives as
+        $MEDGAN_DATA_DIR; files the script writes to $MEDGAN_OUTPUT_DIR become artifacts; what it writes to
+        $MEDGAN_CHECKPOINT_DIR comes back when the job is requeued (worker/tasks/script.py).
+
+            job = c.run("python train.py --lr 2e-4", gpus=2, data="./scans", name="my-gan")
+            job.wait().download("runs/my-gan")                  # outputs/..., job.log, stats.jsonl
+        """
+        import shlex
+
+        argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+        snapshot = str(code) if str(code).startswith("code/") else None
+        spec_fields = dict(fields, command=argv, gpus=gpus, dataset=None if data is None else str(data), env=env)
+        # Everything is checked (a placeholder stands for the snapshot) before anything is uploaded.
+        self._prepare("script", None, {**spec_fields, "code": snapshot or "code/local/pending"})
+        if snapshot is None:
+            from scheduler.code import snapshot_code
+
+            home = self.settings.home_dir
+            snapshot = snapshot_code(self.store, Path(code), exclude=[home, self.settings.local_store])
+        return self.submit("script", idempotency_key=idempotency_key, **spec_fields, code=snapshot)
 
     def validate(self, kind: str, /, *, config: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Check a submission exactly as `submit` would (the same code), writing nothing; returns the spec

@@ -113,6 +113,19 @@ def upload_dataset(store: Store, path: Path, name: str | None = None, *, check: 
     return prefix
 
 
+def seal(store: Store, root: str, name: str, files: list[Path], entries: list[dict]) -> str:
+    """Upload other content-addressed trees (code snapshots, scheduler/code.py) with the same commit protocol:
+    `entries` (path, key, size, sha256, …) describe `files`; the version is the hash of the entries; the
+    manifest is written last; a failed upload is cleaned up. Returns `<root>/<name>/<version>`."""
+    from types import SimpleNamespace
+
+    version = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:12]
+    prefix = validate_key(f"{root}/{name}/{version}")
+    if not store.exists(f"{prefix}/{MANIFEST}"):
+        _commit(store, prefix, name, version, [SimpleNamespace(path=f) for f in files], entries)
+    return prefix
+
+
 def header_check(policy) -> Check:  # noqa: ANN001 - a medgan.data ReadPolicy
     """A `check` that applies a job's reader policy to every file's header (no pixel decoded), and
     parses labels.csv: a file the job would refuse is refused at submission, naming it."""

@@ -31,6 +31,11 @@ STOP = "stop"
 def accelerate_command(script_module: str, args: Sequence[str], num_processes: int, use_gpu: bool,
                        port: int | None = None) -> list[str]:
     """The `accelerate launch` command line for `num_processes` processes (see PITFALLS for the CPU case)."""
+    return [*launch_prefix(num_processes, use_gpu, port), "-m", script_module, *args]
+
+
+def launch_prefix(num_processes: int, use_gpu: bool, port: int | None = None) -> list[str]:
+    """`accelerate launch` and its options, before the target (`-m module`, `script.py` or `--no_python prog`)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
            "--dynamo_backend", "no", "--num_processes", str(num_processes)]
     if num_processes > 1:
@@ -40,8 +45,7 @@ def accelerate_command(script_module: str, args: Sequence[str], num_processes: i
             cmd += ["--main_process_port", str(port)]
     elif not use_gpu:
         cmd += ["--cpu"]
-    cmd += ["--mixed_precision", "no", "-m", script_module, *args]
-    return cmd
+    return [*cmd, "--mixed_precision", "no"]
 
 
 def free_port() -> int:
@@ -70,14 +74,15 @@ def child_env(visible_gpus: Sequence[int] | None, cpu_threads: int | None = None
 
 def run_watched(cmd: Sequence[str], *, env: dict[str, str], log_path: Path,
                 on_tick: Callable[[], str | None], poll: float = C.PROGRESS_POLL_SECONDS,
-                grace: float = C.CANCEL_GRACE_SECONDS) -> int:
+                grace: float = C.CANCEL_GRACE_SECONDS, cwd: Path | None = None) -> int:
     """Run `cmd`, calling `on_tick()` every `poll` seconds; when it returns STOP the child gets SIGTERM
     (it writes a final checkpoint), then SIGKILL after `grace`. Returns the exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(guarded(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(guarded(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=cwd)
         stop_sent: float | None = None
         try:
             while proc.poll() is None:

@@ -179,6 +179,16 @@ class JobRun:
     def should_stop(self) -> bool:
         return self.stop_reason is not None
 
+    def holds_lease(self) -> bool:
+        """Whether this attempt still owns the job (same lease owner and attempt): a stale attempt (its lease
+        expired and the job was requeued, maybe to another host) must not write into the job's prefix."""
+        if self.stop_reason == "lease lost":
+            return False
+        with session_scope(self.settings.db_url) as s:
+            holder = s.execute(select(Job.lease_owner, Job.attempt, Job.status).where(Job.id == self.job_id)).one_or_none()
+        return holder is not None and (holder[0], holder[1]) == (self.ctx.name, self.attempt) \
+            and holder[2] in (S.RUNNING.value, S.CANCELLING.value)
+
 
 class Heartbeat(threading.Thread):
     """Renews the lease; notices a cancel request or a lost lease and tells the run to stop."""

@@ -72,8 +72,10 @@ class LogShipper:
 
 
 def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, str],
-                extra_tick: Callable[[], None] | None = None) -> dict:
-    """Run `cmd` until it ends; returns result.json. Raises JobFailed / JobStopped as the run ended."""
+                extra_tick: Callable[[], None] | None = None, *, cwd: Path | None = None,
+                expect_result: bool = True) -> dict:
+    """Run `cmd` until it ends; returns result.json. Raises JobFailed / JobStopped as the run ended.
+    With `expect_result=False` (a user's script) the exit code alone decides: 0 is success."""
     tail = StatsTail(run_dir / "stats.jsonl")
     log_path = run.work_dir / "job.log"
     read_report = run_dir / "read.json"  # every dataset the child reads adds its counts here (medgan.data)
@@ -91,13 +93,17 @@ def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, s
         return STOP if run.should_stop() else None
 
     try:
-        code = run_watched(cmd, env=env, log_path=log_path, on_tick=tick)
+        code = run_watched(cmd, env=env, log_path=log_path, on_tick=tick, cwd=cwd)
     finally:
         shipper.ship(final=True)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     if run.should_stop():
         raise JobStopped(run.stop_reason or "stopped")
+    if not expect_result:
+        if code != 0:
+            raise JobFailed(f"the script exited with code {code}: {_log_tail(log_path)}")
+        return {"status": "completed", "exit_code": code}
     if result is None:
         raise JobFailed(f"the {run.kind} process exited with code {code} without a result: {_log_tail(log_path)}")
     if result.get("status") == "failed":
