@@ -1,12 +1,14 @@
-"""Write deploy/constraints.txt: the exact versions of medgan's runtime dependencies, as installed here.
+"""Write deploy/constraints.txt: the lock of medgan's installs, the exact versions as installed here.
 
-The images install with `pip install -c deploy/constraints.txt -e .`, so an image built next month gets the
-versions the tests passed with. Run after changing dependencies, in a venv made by `make install`:
+One file pins every install: the images (`pip install -c deploy/constraints.txt .`) and `make install` /
+`make demo` / `make test` (`pip install -c deploy/constraints.txt -e '.[test]'`), so a fresh clone and an image
+built next month get the versions the tests passed with. After changing dependencies in pyproject.toml:
 
-    .venv/bin/python deploy/pin_constraints.py > deploy/constraints.txt
+    make lock          # = pip install -e '.[test]' (newest allowed versions), then this script > constraints.txt
 
-Only the runtime closure of the project's own requirements is written (no test extras); torch is pinned without
-its local label (`2.13.0`, not `2.13.0+cpu`), which matches both the CPU and the CUDA builds.
+The closure of the project's runtime requirements and of its `test` extra is written (constraints only
+constrain: the images, which install no test extra, ignore those lines); torch is pinned without its local
+label (`2.13.0`, not `2.13.0+cpu`), which matches both the CPU and the CUDA builds.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def runtime_closure(project: str) -> dict[str, str]:
-    """{distribution name: version} for every installed distribution the project needs at run time."""
+def runtime_closure(project: str, extras: tuple[str, ...] = ("test",)) -> dict[str, str]:
+    """{distribution name: version} for every installed distribution the project (with `extras`) needs."""
     env = default_environment()
     seen: dict[str, str] = {}
     done: set[tuple[str, frozenset[str]]] = set()
     # (requirement, the extras asked of the distribution that declared it)
-    todo = [(Requirement(r), frozenset()) for r in metadata.requires(project) or []]
+    todo = [(Requirement(r), frozenset(extras)) for r in metadata.requires(project) or []]
     while todo:
         req, extras = todo.pop()
         if req.marker and not any(req.marker.evaluate({**env, "extra": e}) for e in extras or {""}):

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from scheduler.code import materialise_code, safe_relpath
+from scheduler.datasets import object_key
 from scheduler.db import Artifact, session_scope
 from scheduler.store import sha256_file
 from worker.launcher import free_port, launch_prefix
@@ -181,7 +182,7 @@ class OutputSync:
         if not ready or not self.run.holds_lease():
             return 0
         for rel, sig in ready.items():
-            key = f"{self.run.prefix}/outputs/{rel}"
+            key = f"{self.run.prefix}/outputs/{object_key(rel)}"  # odd file names get safe keys
             try:
                 self.run.upload(self.root / rel, key, "output")
             except Exception as exc:  # noqa: BLE001 - an odd file name must not lose the run
