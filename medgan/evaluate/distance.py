@@ -163,6 +163,36 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, extractor: str, k: int 
     }
 
 
+def knn_metrics(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict:
+    """Precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) in one pass.
+
+    real [N, D], fake [M, D]. density counts how many real k-NN balls hold each synthetic sample
+    (1.0 for samples distributed like the real ones, above 1 when they crowd the dense regions);
+    coverage is the share of real balls holding at least one synthetic sample (robust to outliers).
+    """
+    r, f = _check(real, "real", k + 1), _check(fake, "synthetic", k + 1)
+    r_rad, f_rad = _knn_radii(r, k), _knn_radii(f, k)
+    d_fr = _pairwise(f, r)  # [M, N]
+    inside = d_fr <= r_rad[None, :]  # synthetic j in real ball i
+    return {
+        "precision": float(inside.any(1).mean()),
+        "recall": float((d_fr.T <= f_rad[None, :]).any(1).mean()),
+        "density": float(inside.sum() / (k * len(f))),
+        "coverage": float(inside.any(0).mean()),
+        "k": int(k), "n_real": int(len(r)), "n_synthetic": int(len(f)),
+    }
+
+
+def nn_distances(queries: np.ndarray, pool: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+    """Euclidean distance [Q] of each query row to its nearest pool row (the next one when `exclude_self`)."""
+    q, p = _check(queries, "query", 1), _check(pool, "pool", 2 if exclude_self else 1)
+    out = np.empty(len(q))
+    for i in range(0, len(q), 512):  # bounded memory: [512, P] at a time
+        d = _pairwise(q[i: i + 512], p)
+        out[i: i + 512] = np.sort(d, axis=1)[:, 1 if exclude_self else 0]
+    return out
+
+
 def distribution_metrics(
     real: np.ndarray,
     fake: np.ndarray,

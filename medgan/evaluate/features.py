@@ -176,6 +176,64 @@ def train_cnn_extractor(
     return TrainedCNNExtractor(model.eval(), len(images), epochs, seed, tasks, loss_val)
 
 
+class PixelPCA:
+    """Extractor-free features: the top principal components of the pixels, fitted on real images.
+
+    No network, no training: a second view beside a trained extractor, so that a figure cannot hinge on
+    what one small CNN learnt to look at. Whitened (unit variance per component), so that no single
+    component (usually global brightness) dominates Euclidean distances.
+    """
+
+    name = "pixel-pca"
+
+    def __init__(self, real_images: torch.Tensor, dim: int = 64):
+        x = real_images.detach().flatten(1).double().numpy()  # [N, C*H*W]
+        if len(x) < 3:
+            raise DataError("pixel PCA needs at least 3 real images")
+        self.mean = x.mean(0)
+        _, sv, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+        self.dim = int(min(dim, len(sv) - 1))
+        self.basis = vt[: self.dim].T  # [D_pix, dim]
+        self.scale = np.maximum(sv[: self.dim] / np.sqrt(max(len(x) - 1, 1)), 1e-8)  # sd per component
+        self.explained = float((sv[: self.dim] ** 2).sum() / max((sv ** 2).sum(), 1e-12))
+        self.fit_images = int(len(x))
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        x = images.detach().flatten(1).double().numpy()
+        if x.shape[1] != self.basis.shape[0]:
+            raise DataError(f"pixel PCA was fitted on {self.basis.shape[0]} pixels, got {x.shape[1]}")
+        return (x - self.mean) @ self.basis / self.scale  # [N, dim]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": "whitened PCA of pixels fitted on real images (no network)",
+                "feature_dim": self.dim, "explained_variance": self.explained, "fit_images": self.fit_images,
+                "comparable_with_published_fid": False}
+
+
+class RandomCNN:
+    """Extractor-free features of a fixed, randomly initialised SmallCNN (seeded; never trained).
+
+    Random convolutional features keep local texture statistics that pixel PCA averages away
+    (cf. Naeem et al. 2020 on randomly initialised embeddings for evaluating generators).
+    """
+
+    name = "random-cnn"
+
+    def __init__(self, channels: int, seed: int = 0):
+        with torch.random.fork_rng():  # seeded without disturbing the caller's random stream
+            torch.manual_seed(seed)
+            self.model = SmallCNN(channels, num_classes=1).eval()
+        self.seed = seed
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return _batched(self.model.features, images.float(), 64)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": "randomly initialised SmallCNN, never trained", "seed": self.seed,
+                "feature_dim": self.model.feature_dim, "comparable_with_published_fid": False}
+
+
 def build_extractor(
     feature_weights: str | None, real_images: torch.Tensor, real_labels: torch.Tensor, epochs: int, seed: int = 0
 ) -> FeatureExtractor:

@@ -17,108 +17,21 @@ randomness). Differences to the baseline (`delta`) are paired by seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 
 from medgan.errors import DataError
+from medgan.evaluate.downstream import auc_binary, classification_metrics, dice_per_image  # noqa: F401
+from medgan.evaluate.sets import LabeledSet, concat, random_per_class, stratified_split  # noqa: F401
 from medgan.evaluate.stats import bootstrap_intervals, finite_or_none, t_interval
 
 CONDITIONS = ("real", "real+synthetic", "synthetic")
 
 
-@dataclass
-class LabeledSet:
-    """Images [N, C, H, W] float32 in [-1, 1], labels [N] int64, masks [N, 1, H, W] float32 {0, 1} or None."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    masks: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, idx: np.ndarray | torch.Tensor) -> "LabeledSet":
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return LabeledSet(self.images[idx], self.labels[idx], None if self.masks is None else self.masks[idx])
-
-
-def concat(a: LabeledSet, b: LabeledSet) -> LabeledSet:
-    """Union of two sets; masks survive only when both have them."""
-    masks = None if a.masks is None or b.masks is None else torch.cat([a.masks, b.masks])
-    return LabeledSet(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), masks)
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class random split; every class with >= 2 images keeps at least one on each side."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(len(idx) * test_fraction))
-        if len(idx) >= 2:
-            n_test = min(max(n_test, 1), len(idx) - 1)
-        test.extend(idx[:n_test])
-        train.extend(idx[n_test:])
-    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(test, dtype=np.int64))
-
-
-def limit_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
-    """Indices keeping at most `per_class` random items of each class (all when None)."""
-    if per_class is None:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
-
-
-# ---------------------------------------------------------------- metrics
-
-
-def auc_binary(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the Mann-Whitney rank sum (ties get average ranks, as sklearn); NaN with one class."""
-    pos = y.astype(bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy, AUC (macro one-vs-rest for > 2 classes), per-class sensitivity/specificity.
-
-    y [N] int in 0..K-1, proba [N, K]. Classes absent from `y` have undefined sensitivity (NaN) and are
-    left out of the balanced accuracy and the AUC average.
-    """
-    k = proba.shape[1]
-    pred = proba.argmax(1)  # [N]
-    out: dict[str, float] = {"accuracy": float((pred == y).mean())}
-    sens = []
-    for c in range(k):
-        pos, neg = y == c, y != c
-        s = float((pred[pos] == c).mean()) if pos.any() else float("nan")
-        out[f"sensitivity_{c}"] = s
-        out[f"specificity_{c}"] = float((pred[neg] != c).mean()) if neg.any() else float("nan")
-        sens.append(s)
-    out["balanced_accuracy"] = float(np.nanmean(sens)) if np.isfinite(sens).any() else float("nan")
-    if k == 2:
-        out["auc"] = auc_binary(y == 1, proba[:, 1])
-    else:
-        aucs = [auc_binary(y == c, proba[:, c]) for c in range(k)]
-        out["auc"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
-    return out
-
-
-def dice_per_image(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Dice of binary masks [N, H, W] per image; 1.0 where both are empty (a correct 'no lesion')."""
-    inter = (pred & truth).reshape(len(pred), -1).sum(1)
-    total = pred.reshape(len(pred), -1).sum(1) + truth.reshape(len(truth), -1).sum(1)
-    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+limit_per_class = random_per_class
 
 
 # ---------------------------------------------------------------- training

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medgan.errors import DataError
-from medgan.evaluate.distance import distribution_metrics, fid, kid, mmd2_unbiased, precision_recall
+from medgan.evaluate.distance import (distribution_metrics, fid, kid, knn_metrics, mmd2_unbiased, nn_distances,
+                                      precision_recall)
 
 
 def _direct_fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -128,3 +129,72 @@ def test_distribution_metrics_and_errors(feats):
         kid(a[:1], b, "x")
     with pytest.raises(DataError):
         fid(np.full((4, 2), np.nan), b[:, :2], "x")
+
+
+def _brute_knn(real, fake, k):
+    def radii(x):
+        d = np.linalg.norm(x[:, None] - x[None], axis=2)
+        return np.sort(d, 1)[:, k]
+    rr, fr = radii(real), radii(fake)
+    d = np.linalg.norm(fake[:, None] - real[None], axis=2)  # [M, N]
+    prec = np.mean([any(d[j, i] <= rr[i] for i in range(len(real))) for j in range(len(fake))])
+    rec = np.mean([any(d[j, i] <= fr[j] for j in range(len(fake))) for i in range(len(real))])
+    dens = sum(d[j, i] <= rr[i] for j in range(len(fake)) for i in range(len(real))) / (k * len(fake))
+    cov = np.mean([any(d[j, i] <= rr[i] for j in range(len(fake))) for i in range(len(real))])
+    return prec, rec, dens, cov
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5, 3.0])
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_knn_metrics_match_brute_force(shift, k):
+    rng = np.random.default_rng(k)
+    real, fake = rng.normal(size=(40, 4)), rng.normal(size=(30, 4)) + shift
+    m = knn_metrics(real, fake, k)
+    p, r, d, c = _brute_knn(real, fake, k)
+    assert (m["precision"], m["recall"], m["density"], m["coverage"]) == pytest.approx((p, r, d, c))
+
+
+def test_knn_metrics_see_collapse_outliers_and_identity():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 8))
+    same = knn_metrics(real, rng.normal(size=(200, 8)), 5)
+    assert 0.75 < same["precision"] <= 1 and 0.75 < same["recall"] <= 1 and 0.8 < same["density"] < 1.25
+    collapsed = knn_metrics(real, np.repeat(real[:1], 200, 0) + 1e-3 * rng.normal(size=(200, 8)), 5)
+    assert collapsed["recall"] < 0.05 and collapsed["coverage"] < 0.1 and collapsed["density"] > 1.5
+    outliers = knn_metrics(real, rng.normal(size=(200, 8)) * 6, 5)
+    # spread-out outliers have huge k-NN balls: recall is fooled, coverage is not (why the gates use both)
+    assert outliers["recall"] > 0.9 and outliers["precision"] < 0.05 and outliers["coverage"] < 0.05
+
+
+def test_nn_distances_brute_force_and_self_exclusion():
+    rng = np.random.default_rng(3)
+    q, p = rng.normal(size=(700, 3)), rng.normal(size=(50, 3))  # > 512 queries: the chunked path
+    want = np.linalg.norm(q[:, None] - p[None], axis=2).min(1)
+    assert nn_distances(q, p) == pytest.approx(want)
+    d_self = nn_distances(p, p, exclude_self=True)
+    full = np.linalg.norm(p[:, None] - p[None], axis=2)
+    np.fill_diagonal(full, np.inf)
+    assert d_self == pytest.approx(full.min(1))
+    with pytest.raises(DataError):
+        nn_distances(q, p[:1], exclude_self=True)
+
+
+def test_extractor_free_feature_spaces():
+    import torch
+
+    from medgan.evaluate.features import PixelPCA, RandomCNN
+
+    x = torch.rand(50, 1, 16, 16) * 2 - 1
+    pca = PixelPCA(x, dim=8)
+    f = pca(x)
+    assert f.shape == (50, 8) and np.allclose(f.mean(0), 0, atol=1e-9) and np.allclose(f.std(0, ddof=1), 1, atol=1e-6)
+    assert 0 < pca.describe()["explained_variance"] < 1
+    with pytest.raises(DataError, match="pixels"):
+        pca(torch.zeros(2, 1, 8, 8))
+    a, b = RandomCNN(1, seed=3), RandomCNN(1, seed=3)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    RandomCNN(1, seed=9)
+    assert torch.rand(1) == before  # building one does not move the caller's random stream
+    assert np.array_equal(a(x), b(x)) and a(x).shape == (50, a.model.feature_dim)
