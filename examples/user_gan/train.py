@@ -113,7 +113,11 @@ def main() -> None:
 
     data_dir = os.environ.get("MEDGAN_DATA_DIR")
     real = pngs(Path(data_dir)) if data_dir else discs(2048, args.seed)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(real), batch_size=args.batch_size,
+    # A small folder: smaller batches (each process gets its share), never an empty epoch.
+    batch = max(2, min(args.batch_size, len(real) // acc.num_processes))
+    if len(real) < 2 * acc.num_processes:
+        raise SystemExit(f"{len(real)} images are too few for {acc.num_processes} process(es)")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(real), batch_size=batch,
                                          shuffle=True, drop_last=True)
     g, d = G(), D()
     opt_g = torch.optim.Adam(g.parameters(), lr=args.lr, betas=(0.5, 0.999))
