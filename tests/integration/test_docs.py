@@ -221,6 +221,7 @@ class Tour:
             stop_process(proc)
 
 
+@pytest.mark.timeout(2400)  # the whole tour: about 10 min for the README, more for the guide, on 2 busy cores
 def test_every_documented_command_runs(embedded, tmp_path):
     cwd = tmp_path / "tour"
     cwd.mkdir()
