@@ -6,7 +6,6 @@ import os
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 from bench._services import apply_env, medgan_worker, services
 

@@ -218,15 +218,8 @@ class Client:
             c.submit("generate", source_job=train_id, config={"count": 5000}, shards=10)
             c.submit("enhance", dataset="scans/dark/", config={"method": "lime"})
         """
-        spec, local = self._prepare(kind, config, fields)
-        check = None
-        if local:
-            jobs.check_database(self.settings)
-            check = self._reader_check(spec, local)
-        for key, path in local.items():
-            spec[key] = upload_dataset(self.store, path, check=check, max_file_bytes=self.settings.max_file_bytes)
-        job = jobs.submit(self.settings, spec, idempotency_key=idempotency_key)
-        return self._job(jobs.job_dict(job))
+        spec = self._upload_local([self._prepare(kind, config, fields)])[0]
+        return self._job(jobs.submit(self.settings, spec, idempotency_key=idempotency_key))
 
     def run(self, command: str | Sequence[str], /, *, code: str | Path = ".", gpus: int = 0,
             data: str | Path | None = None, env: dict[str, str] | None = None,
@@ -246,7 +239,7 @@ class Client:
         snapshot = str(code) if str(code).startswith("code/") else None
         spec_fields = dict(fields, command=argv, gpus=gpus, dataset=None if data is None else str(data), env=env)
         # Everything is checked (a placeholder stands for the snapshot) before anything is uploaded.
-        self._prepare("script", None, {**spec_fields, "code": snapshot or "code/local/pending"})
+        self._prepare("script", None, {**spec_fields, "code": snapshot or "code/local/pending"}, check=True)
         if snapshot is None:
             from scheduler.code import snapshot_code
 
@@ -257,7 +250,7 @@ class Client:
     def validate(self, kind: str, /, *, config: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Check a submission exactly as `submit` would (the same code), writing nothing; returns the spec
         as it would be stored (job references resolved to ids). Raises MedganUserError when invalid."""
-        spec, local = self._prepare(kind, config, fields)
+        spec, local = self._prepare(kind, config, fields, check=True)
         return {**spec, **{k: str(p) for k, p in local.items()}}
 
     def _job(self, data: dict[str, Any]) -> Job:
@@ -266,29 +259,47 @@ class Client:
         return job
 
     def submit_many(self, requests: Iterable[dict[str, Any]]) -> list[Job]:
-        """Submit several jobs. Each request is a dict of `submit`'s arguments, ``kind`` included::
+        """Submit many jobs at once (a dataset of thousands of generations, a hand-made sweep). Each request
+        is a dict of `submit`'s arguments, ``kind`` included::
 
             c.submit_many([{"kind": "noop", "sleep": 0.1}, {"kind": "train", "config": {"steps": 10}}])
 
-        Every spec is validated before the first job is written, so one bad request submits nothing
-        (MedganUserError names its index). Returns the jobs in request order.
+        Every request is validated before anything is written, so one bad request submits nothing
+        (MedganUserError names its index); then every job goes into the database in one transaction and
+        every message to the broker in one pipelined batch (thousands of jobs a second). Idempotency keys
+        are respected, within the batch too. Returns the jobs in request order.
         """
-        items = [dict(r) for r in requests]
-        for i, req in enumerate(items):
-            if "kind" not in req:
-                raise MedganUserError(f"request {i}: no 'kind'")
+        prepared, keys = [], []
+        for i, req in enumerate(requests):
+            if not isinstance(req, dict) or "kind" not in req:
+                raise MedganUserError(f"request {i}: a request is a dict with a 'kind'")
+            fields = {k: v for k, v in req.items() if k not in ("kind", "config", "idempotency_key")}
             try:
-                self._prepare(req["kind"], req.get("config"), {k: v for k, v in req.items()
-                                                                if k not in ("kind", "config", "idempotency_key")})
+                prepared.append(self._prepare(req["kind"], req.get("config"), fields))
             except MedganUserError as exc:
                 raise type(exc)(f"request {i}: {exc}") from None
-        return [self.submit(req.pop("kind"), **req) for req in items]
+            keys.append(req.get("idempotency_key"))
+        return [self._job(j) for j in jobs.submit_many(self.settings, self._upload_local(prepared), keys=keys)]
 
-    def _prepare(self, kind: str, config: dict[str, Any] | None,
-                 fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
-        """Validate a spec through `jobs.validate`, the one path every submission takes (local dataset paths
-        must exist; they are uploaded only after the rest is known to be valid). Returns the spec, its job
-        references resolved to ids, and its local paths to upload."""
+    def _upload_local(self, prepared: list[tuple[dict[str, Any], dict[str, Path]]]) -> list[dict[str, Any]]:
+        """Upload the local paths named by validated specs, each file's header checked against its job's
+        reader policy first; returns the specs with dataset keys (content-addressed: a folder uploaded
+        before, or by an earlier request, is not sent again)."""
+        if any(local for _, local in prepared):
+            jobs.check_database(self.settings)
+        specs = []
+        for spec, local in prepared:
+            check = self._reader_check(spec, local) if local else None
+            for key, path in local.items():
+                spec[key] = upload_dataset(self.store, path, check=check, max_file_bytes=self.settings.max_file_bytes)
+            specs.append(spec)
+        return specs
+
+    def _prepare(self, kind: str, config: dict[str, Any] | None, fields: dict[str, Any],
+                 check: bool = False) -> tuple[dict[str, Any], dict[str, Path]]:
+        """A spec from `submit`'s arguments: local dataset paths must exist, and a spec that names some (or
+        `check`) is validated through `jobs.validate`, the one path every submission takes, before anything
+        is uploaded. Returns the spec (job references resolved to ids when validated) and its local paths."""
         spec: dict[str, Any] = {"kind": kind, **{k: v for k, v in fields.items() if v is not None}}
         if config:
             spec["config"] = config
@@ -299,10 +310,11 @@ class Client:
                 raise MedganUserError(f"{key} must name a file, a folder or a dataset key, not an empty string")
             if not path.exists():
                 raise MedganUserError(f"{key} path does not exist: {path}")
-        checked = jobs.validate(self.settings, {**spec, **{k: "datasets/local/pending" for k in local}})
-        for key in ("source_job", "depends_on"):
-            if key in spec:
-                spec[key] = getattr(checked, key)
+        if local or check:  # before anything is uploaded; else submission itself checks (the same code)
+            checked = jobs.validate(self.settings, {**spec, **{k: "datasets/local/pending" for k in local}})
+            for key in ("source_job", "depends_on"):
+                if key in spec:
+                    spec[key] = getattr(checked, key)
         return spec, local
 
     def _reader_check(self, spec: dict[str, Any], local: dict[str, Path]):  # noqa: ANN202

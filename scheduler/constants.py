@@ -41,6 +41,10 @@ UPLOAD_REFRESH_SECONDS = 60.0  # how often an upload in progress refreshes its m
 
 MAX_ATTEMPTS = 3  # a job requeued this many times after lost leases is FAILED
 
+# Counts.
+MAX_SWEEP_CHILDREN = 10_000  # jobs one sweep may create
+PUBLISH_BATCH = 1000  # broker operations buffered per pipelined round trip (bulk submission)
+
 # Sizes, in bytes.
 UPLOAD_PART_SIZE = 16 * 1024 * 1024
 CODE_MAX_BYTES = 100 * 1024 * 1024  # a code snapshot larger than this is refused (data goes in --data)

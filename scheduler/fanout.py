@@ -1,14 +1,21 @@
-"""Bulk generation fanned out over every worker: a parent job and one child per shard.
+"""Fan-out: a parent job whose children carry the work, spread over every worker.
 
-Image i of a generation is a pure function of (checkpoint, seed, i), so a shard is just a
-range of indices; children write under the parent's prefix, `jobs/<parent>/images/shard-NNNN/`.
-The parent finishes when its last child does, and writes one manifest for the whole set.
+- Shards: image i of a generation is a pure function of (checkpoint, seed, i), so a shard is just a
+  range of indices; children write under the parent's prefix, `jobs/<parent>/images/shard-NNNN/`.
+  The parent finishes when its last child does, and writes one manifest for the whole set.
+- Sweeps: one child per point of a cross product of field values (`--sweep lr=1e-4,2e-4 --sweep seed=0..4`),
+  each a complete job with its own outputs; the parent succeeds when every child has.
+
+The parent gets no message: it is RUNNING from its first child's claim, and finished by whoever ends its
+last child (the sweeper is the safety net).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
+import itertools
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from scheduler import states
 from scheduler.db import Artifact, Job, Status, utcnow
+from scheduler.errors import SpecError
 from scheduler.specs import GenerateSpec
 from scheduler.store import Store
 
@@ -44,8 +52,67 @@ def plan_children(parent: Job, spec: GenerateSpec) -> list[Job]:
     return children
 
 
+# A sweep field that is a shorthand for several config fields (as the CLI's --lr is).
+SWEEP_ALIASES = {"lr": ("lr_g", "lr_d")}
+
+
+def sweep_points(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cross product of a sweep, first field slowest: {"a": [1, 2], "b": [3]} → [{a: 1, b: 3}, {a: 2, b: 3}]."""
+    return [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())]
+
+
+def plan_sweep(spec: Any) -> list[tuple[str, dict[str, Any]]]:
+    """One (label, spec data) per point of the spec's sweep; the caller validates each as a spec of its own.
+
+    A field is a spec field when the spec has it (source_job, priority, gpus...), else a config field
+    (dotted for nested ones, `config.` optional). Children are plain jobs: no sweep, no shards of their own.
+    """
+    if getattr(spec, "shards", 1) > 1:
+        raise SpecError("a sweep's jobs cannot also be sharded: drop `shards` or the sweep")
+    base = spec.model_dump(mode="json", exclude={"sweep"})
+    out = []
+    for point in sweep_points(spec.sweep):
+        data = copy.deepcopy(base)
+        for key, value in point.items():
+            for path in _sweep_paths(spec, key):
+                _set_path(data, path, value)
+        label = " ".join(f"{k}={v}" for k, v in point.items())
+        data["name"] = f"{spec.name or spec.kind} {label}"[:200]
+        out.append((label, data))
+    return out
+
+
+def _sweep_paths(spec: Any, key: str) -> list[list[str]]:
+    parts = key.split(".")
+    if parts[0] == "config":
+        parts = parts[1:]
+    elif len(parts) == 1 and key in type(spec).model_fields:
+        return [[key]]
+    config_fields = type(spec.config).model_fields
+    if len(parts) == 1 and parts[0] in SWEEP_ALIASES and parts[0] not in config_fields:
+        return [["config", alias] for alias in SWEEP_ALIASES[parts[0]]]
+    if parts[0] not in config_fields:
+        raise SpecError(f"cannot sweep {key!r}: {spec.kind} jobs have no such spec or config field")
+    return [["config", *parts]]
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        if not isinstance(data.get(part), dict):
+            data[part] = {}
+        data = data[part]
+    data[path[-1]] = value
+
+
 def is_fanout_parent(job: Job) -> bool:
-    return job.kind == "generate" and job.parent_id is None and int(job.spec.get("shards") or 1) > 1
+    """A parent of shards or of a sweep: it gets no message, its children carry the work."""
+    if job.parent_id is not None:
+        return False
+    return bool(job.spec.get("sweep")) or (job.kind == "generate" and int(job.spec.get("shards") or 1) > 1)
+
+
+def _is_sharded(job: Job) -> bool:
+    return job.kind == "generate" and int(job.spec.get("shards") or 1) > 1
 
 
 def mark_parent_running(session: Session, parent_id: str, actor: str) -> None:
@@ -80,12 +147,15 @@ def maybe_finish_parent(session: Session, store: Store, parent_id: str, actor: s
     parent.progress = done / total if total else 0.0
     parent.progress_step, parent.progress_total = done, total
     failed = counts.get(S.FAILED.value, 0) + counts.get(S.CANCELLED.value, 0)
+    what = "shards" if _is_sharded(parent) else "jobs of the sweep"
     if failed and done + failed == total:
         return states.transition(session, parent_id, S.FAILED, expect=[S.RUNNING], actor=actor,
-                                 reason=f"{failed} of {total} shards failed; `medgan jobs retry {parent_id}` "
+                                 reason=f"{failed} of {total} {what} failed; `medgan jobs retry {parent_id}` "
                                         "re-runs only those")
     if done < total:
         return None
+    if not _is_sharded(parent):  # a sweep: each child has its own outputs, nothing to merge
+        return states.transition(session, parent_id, S.SUCCEEDED, expect=[S.RUNNING], actor=actor)
     key = f"jobs/{parent_id}/manifest.csv"
     info = store.put_bytes(key, merged_manifest(session, store, parent_id))  # same bytes whoever writes it
     done_job = states.transition(session, parent_id, S.SUCCEEDED, expect=[S.RUNNING], actor=actor)

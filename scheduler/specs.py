@@ -18,6 +18,7 @@ from scheduler.errors import SpecError
 
 DATASET_KEY = re.compile(r"^datasets/[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9._-]{1,64}$")
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+SWEEP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def _default_owner() -> str:
@@ -36,6 +37,10 @@ class _Base(BaseModel):
     gpus: int = Field(0, ge=0, le=64, description="cards leased for the job (0 = CPU)")
     max_attempts: int | None = Field(None, ge=1, le=100)
     depends_on: list[str] = Field(default_factory=list, description="job ids that must SUCCEED first")
+    sweep: dict[str, list[Any]] | None = Field(
+        None, description="field → values: one child job per combination (the cross product), under this "
+                          "job as their parent; a field is a spec field (source_job, priority...) or a config "
+                          "field (lr_g, seed, phantom.count...; `lr` sets lr_g and lr_d)")
 
     @field_validator("depends_on")
     @classmethod
@@ -43,6 +48,26 @@ class _Base(BaseModel):
         for job_id in v:
             if not JOB_ID.match(job_id):
                 raise ValueError(f"not a job id: {job_id!r}")
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("a sweep needs at least one field")
+        size = 1
+        for key, values in v.items():
+            if not SWEEP_KEY.match(key) or key == "config" or key.split(".")[0] in ("kind", "sweep"):
+                raise ValueError(f"cannot sweep {key!r}: name a spec or config field (a.b for nested ones)")
+            if not values:
+                raise ValueError(f"{key} has no values")
+            if len({repr(x) for x in values}) != len(values):
+                raise ValueError(f"{key} repeats a value")
+            size *= len(values)
+        if size > C.MAX_SWEEP_CHILDREN:
+            raise ValueError(f"the sweep makes {size} jobs; at most {C.MAX_SWEEP_CHILDREN}")
         return v
 
 

@@ -23,20 +23,20 @@ def settings(request, embedded, monkeypatch):
 
 
 def test_same_message_twice_runs_once(settings, tmp_path):
-    job = submit(settings, {"kind": "noop", "sleep": 1.0})
+    job_id = submit(settings, {"kind": "noop", "sleep": 1.0})["id"]
     app = make_celery(settings)
-    send_job(app, job.id, "noop", 5)  # the duplicate
-    send_job(app, job.id, "noop", 5)  # and a third, for good measure
+    send_job(app, job_id, "noop", 5)  # the duplicate
+    send_job(app, job_id, "noop", 5)  # and a third, for good measure
     log = tmp_path / "worker.log"
     with worker_process("--gpus", "none", "--concurrency", "3", log=log):
 
         def done():
             with session_scope(settings.db_url) as s:
-                return s.get(Job, job.id).status == "SUCCEEDED"
+                return s.get(Job, job_id).status == "SUCCEEDED"
 
         wait_for(done, timeout=60, what="the job to succeed")
         wait_for(lambda: log.read_text().count("nothing to claim") >= 2, timeout=30, what="duplicates dropped")
     with session_scope(settings.db_url) as s:
-        runs = s.execute(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.to_status == "RUNNING")).all()
+        runs = s.execute(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.to_status == "RUNNING")).all()
         assert len(runs) == 1
-        assert s.get(Job, job.id).attempt == 1
+        assert s.get(Job, job_id).attempt == 1
