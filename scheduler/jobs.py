@@ -155,7 +155,7 @@ def _insert_all(settings: Settings, specs: Sequence[dict[str, Any]], keys: list[
                 {"job_id": r["id"], "from_status": None, "to_status": r["status"], "actor": r["owner"],
                  "reason": "submitted", "at": now} for r in rows])
     # A new job's dict comes from its row (an ORM object per row would cost more than the INSERT).
-    jobs = [job_dict(SimpleNamespace(**rows[t]) if isinstance(t, int) else t) for t in top]
+    jobs = [job_dict(SimpleNamespace(**_NONE, **rows[t]) if isinstance(t, int) else t) for t in top]
     ready = [(r["id"], r["kind"], r["priority"]) for r in rows if r["enqueued_at"] is not None]
     waiting = [r["id"] for r in rows if r["depends_on"] and r["enqueued_at"] is None]
     return jobs, ready, waiting
@@ -198,11 +198,14 @@ def _rows_for(spec: Any, sweep: list[Any], settings: Settings, key: str | None,
     return [row, *children]
 
 
-# Every column has a value in every row: an executemany needs the same keys in all, and the job returned
-# from the rows is then complete. Columns a submission does not set keep their model defaults.
+# Every row has the same keys (an executemany needs them) and the job dict made from a row is complete:
+# a column a submission does not set gets its model default, and one with only a server-side default is
+# left to the database (and reads None in the returned dict).
 _DEFAULTS: dict[str, Any] = {
-    c.key: c.default.arg if c.default is not None and c.default.is_scalar else None for c in Job.__table__.columns
+    c.key: c.default.arg if c.default is not None and c.default.is_scalar else None
+    for c in Job.__table__.columns if c.default is not None or c.server_default is None
 }
+_NONE = {c.key: None for c in Job.__table__.columns if c.key not in _DEFAULTS}
 _CHILD_COLUMNS = ("kind", "status", "spec", "name", "owner", "priority", "gpus", "queue", "parent_id", "shard_index",
                   "depends_on", "max_attempts")
 
@@ -314,11 +317,12 @@ def cascade_blocked(session: Session) -> int:
     """End every queued job whose dependency (transitively) failed or was cancelled; returns how many."""
     ended = 0
     while True:
-        rows = session.execute(select(Job).where(Job.status == S.QUEUED.value, Job.parent_id.is_(None))).scalars()
+        # Only jobs that have dependencies: this runs after every finished job, and a queue of thousands of
+        # independent jobs must not be read each time (bench_platform's drain).
+        rows = session.execute(select(Job).where(Job.status == S.QUEUED.value, Job.parent_id.is_(None),
+                                                 func.json_array_length(Job.depends_on) > 0)).scalars()
         newly = 0
         for job in rows:
-            if not job.depends_on:
-                continue
             blocked = _blocked_by(session, job)
             if blocked:
                 _end_blocked(session, job, blocked)
