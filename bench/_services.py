@@ -140,8 +140,10 @@ def services() -> Iterator[Services]:
 
 
 def settings_env(**values: str) -> dict[str, str]:
-    """This process's environment with every MEDGAN_ variable replaced by `values` (the private services)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDGAN_")}
+    """This process's environment with every MEDGAN_ variable replaced by `values` (the private services),
+    and without any other variable that names a Redis (a CELERY_BROKER_URL would reach a worker)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MEDGAN_", "CELERY_")) and not v.startswith(("redis://", "rediss://"))}
     env.update({f"MEDGAN_{k.upper()}": v for k, v in values.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -158,9 +160,9 @@ def apply_env(env: dict[str, str]) -> None:
 
 
 def _check_env(env: dict[str, str]) -> None:
-    """Refuse to start a process whose broker/backend is not one of our private servers."""
-    for key, value in env.items():
-        if key in ("MEDGAN_BROKER_URL", "RAW_BROKER", "RAW_BACKEND") or value.startswith("redis://"):
+    """Refuse to start a process whose environment names a Redis that is not one of our private servers."""
+    for value in env.values():
+        if value.startswith(("redis://", "rediss://")):
             check_private_redis(value)
 
 

@@ -15,16 +15,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from scheduler import migrate
 from cli._common import command, fmt_duration, follow
-from scheduler.client import Client
-from scheduler.settings import get_settings
+from scheduler import lazy_module
+
+if TYPE_CHECKING:
+    from scheduler.client import Client
+
+# Loaded when the demo runs, not for `medgan --help` (alembic, pydantic-settings, the client).
+migrate = lazy_module("scheduler.migrate")
+client_module = lazy_module("scheduler.client")
+settings_module = lazy_module("scheduler.settings")
 
 console = Console(stderr=True)
 
@@ -70,7 +76,7 @@ def make_lowlight_set(root: Path, n: int = 6, size: int = 128) -> tuple[Path, Pa
 
 
 def run_demo(steps: int = 300, count: int = 64, shards: int = 2) -> int:
-    settings = get_settings()
+    settings = settings_module.get_settings()
     home = settings.home_dir
     console.print(f"[bold]medgan demo[/] — embedded mode under {home}")
     migrate.upgrade(settings)
@@ -78,7 +84,7 @@ def run_demo(steps: int = 300, count: int = 64, shards: int = 2) -> int:
     worker_log = logs / "demo-worker.log"
     worker = _start(["worker", "--gpus", "none", "--concurrency", "2"], worker_log)
     sweeper = _start(["scheduler"], logs / "demo-sweeper.log")
-    client = Client(settings)
+    client = client_module.Client(settings)
     jobs: list[dict[str, Any]] = []
     try:
         _wait_ready(worker, worker_log)

@@ -7,12 +7,14 @@ reaches any config field. Everything is validated before anything is written.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from cli._common import command, console, err_console, fail, follow, print_json
+from scheduler import constants as C
 from scheduler.errors import MedganUserError
 
 app = typer.Typer(add_completion=False)
@@ -27,19 +29,34 @@ After = Annotated[Optional[list[str]], typer.Option("--after", help="job id that
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="JSON or YAML file of config fields")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="config field as key=value (repeatable)")]
 Wait = Annotated[bool, typer.Option("--wait", help="follow the job with a progress bar until it ends")]
+Sweep = Annotated[Optional[list[str]], typer.Option(
+    "--sweep", help="field=v1,v2,… or field=first..last (integers), repeatable: one job per combination, "
+                    "under one parent (a config field such as lr, seed, phantom.count, or a spec field)")]
 Json = Annotated[bool, typer.Option("--json", help="print the job as JSON")]
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
+def read_text(path: Path) -> str:
+    """A spec or config file's text ("-" is standard input); one clear line when it cannot be read."""
+    if str(path) == "-":
+        import sys
+
+        data = sys.stdin.buffer.read()
+    elif not path.exists():
         raise MedganUserError(f"file does not exist: {path}")
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MedganUserError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise MedganUserError(f"cannot parse {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
                               f"offset {exc.start}); a config is a JSON or YAML file") from None
-    except OSError as exc:
-        raise MedganUserError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    text = read_text(path)
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -67,6 +84,41 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def parse_sweeps(items: list[str] | None) -> dict[str, list[Any]] | None:
+    """`--sweep` values as a spec's sweep: field=v1,v2 (each value JSON if it parses: 1e-4, 3, true, "a,b"
+    needs a spec file) or field=first..last (integers, both included)."""
+    out: dict[str, list[Any]] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            raise MedganUserError(f"--sweep takes field=v1,v2,… or field=first..last, not {item!r}")
+        if key in out:
+            raise MedganUserError(f"--sweep {key} is given twice: list all its values in one --sweep")
+        if ".." in raw:
+            first, _, last = raw.partition("..")
+            try:
+                lo, hi = int(first), int(last)
+            except ValueError:
+                raise MedganUserError(f"--sweep {key}={raw}: a range is first..last of integers, like 0..4") from None
+            if hi < lo:
+                raise MedganUserError(f"--sweep {key}={raw}: the range is empty (last < first)")
+            if hi - lo >= C.MAX_SWEEP_CHILDREN:
+                raise MedganUserError(f"--sweep {key}={raw}: more than {C.MAX_SWEEP_CHILDREN} values")
+            out[key] = list(range(lo, hi + 1))
+            continue
+        values = []
+        for part in raw.split(","):
+            if not part.strip():
+                raise MedganUserError(f"--sweep {key}={raw}: an empty value")
+            try:
+                values.append(json.loads(part))
+            except json.JSONDecodeError:
+                values.append(part.strip())
+        out[key] = values
+    return out or None
+
+
 def build_config(file: Path | None, sets: list[str] | None, **options: Any) -> dict[str, Any]:
     config = load_file(file) if file else {}
     config.update({k: v for k, v in options.items() if v is not None})
@@ -75,7 +127,7 @@ def build_config(file: Path | None, sets: list[str] | None, **options: Any) -> d
 
 
 def do_submit(kind: str, config: dict[str, Any], *, wait: bool, as_json: bool, idempotency_key: str | None,
-              fields: dict[str, Any]) -> None:
+              fields: dict[str, Any], sweep: list[str] | None = None) -> None:
     """Submit with spec `fields` (a dict, never keyword arguments: a spec file may hold any key)."""
     from scheduler.client import Client
     from scheduler.specs import parse_spec
@@ -83,6 +135,10 @@ def do_submit(kind: str, config: dict[str, Any], *, wait: bool, as_json: bool, i
     client = Client()
     fields = dict(fields)
     fields["depends_on"] = fields.pop("after", None) or fields.get("depends_on") or None
+    if sweep:
+        if fields.get("sweep"):
+            raise MedganUserError("the spec already holds a sweep: give it there or with --sweep, not both")
+        fields["sweep"] = parse_sweeps(sweep)
     reserved = {"kind", "config", "idempotency_key"} & set(fields)
     if reserved:
         parse_spec({"kind": kind, "config": config, **fields})  # pydantic names the stray field
@@ -93,7 +149,8 @@ def do_submit(kind: str, config: dict[str, Any], *, wait: bool, as_json: bool, i
     if as_json:
         print_json(job)
     elif not wait:
-        err_console.print(f"submitted {job['kind']} job [bold]{job['id']}[/] ({job['status']})")
+        kids = f": a sweep of {_sweep_size(fields['sweep'])} jobs" if fields.get("sweep") else ""
+        err_console.print(f"submitted {job['kind']} job [bold]{job['id']}[/] ({job['status']}){kids}")
         print(job["id"])  # alone on stdout, for scripts: id=$(medgan train …)
     else:
         console.print(f"job [bold]{job['id']}[/] {job['status']}" + (f": {job['message']}" if job["message"] else ""))
@@ -116,13 +173,13 @@ def train(
     masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="also synthesise lesion masks")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
     idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
-    wait: Wait = False, json_: Json = False,
+    sweep: Sweep = None, wait: Wait = False, json_: Json = False,
 ) -> None:
     """Train a generator (synthesis GAN, SR GAN or learned enhancer)."""
     cfg = build_config(config, set_, model=model, image_size=image_size, steps=steps, batch_size=batch_size,
                        lr_g=lr, lr_d=lr, checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
                        with_masks=masks)
-    do_submit("train", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+    do_submit("train", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep, fields=dict(
         dataset=data, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
@@ -140,7 +197,7 @@ def generate(
     class_counts: Annotated[Optional[str], typer.Option(help="images per class, e.g. 0=500,1=500")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
     idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
-    wait: Wait = False, json_: Json = False,
+    sweep: Sweep = None, wait: Wait = False, json_: Json = False,
 ) -> None:
     """Sample synthetic images (with provenance and a manifest) from a trained generator."""
     counts = None
@@ -153,7 +210,7 @@ def generate(
                        class_counts=counts, format=format_)
     if counts and count is None and "count" not in cfg:
         cfg["count"] = sum(counts.values())
-    do_submit("generate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+    do_submit("generate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep, fields=dict(
         source_job=source, shards=shards, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
@@ -170,12 +227,12 @@ def enhance(
     model_job: Annotated[Optional[str], typer.Option("--model", help="train job of a zerodce/esrgan model")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
     idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
-    wait: Wait = False, json_: Json = False,
+    sweep: Sweep = None, wait: Wait = False, json_: Json = False,
 ) -> None:
     """Enhance (low-light, super-resolution) a set of images and score them."""
     cfg = build_config(config, set_, method=method, gamma=gamma, strength=strength, denoise=denoise, solver=solver,
                        scale=scale)
-    do_submit("enhance", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+    do_submit("enhance", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep, fields=dict(
         dataset=input_, references=reference, source_job=model_job, gpus=gpus, priority=priority, name=name,
         owner=owner, after=after))
 
@@ -190,20 +247,30 @@ def evaluate(
     epochs: Annotated[Optional[int], typer.Option(help="epochs of each downstream model")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
     idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
-    wait: Wait = False, json_: Json = False,
+    sweep: Sweep = None, wait: Wait = False, json_: Json = False,
 ) -> None:
     """Judge synthetic images: FID/KID/precision-recall and downstream utility."""
     cfg = build_config(config, set_, seeds=seeds, real_per_class=real_per_class, epochs=epochs)
-    do_submit("evaluate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=dict(
+    do_submit("evaluate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep, fields=dict(
         source_job=source, dataset=real, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
 
 
-@command(app, "submit", example="medgan submit spec.yaml --wait")
+@command(app, "submit", example="medgan submit spec.yaml --sweep seed=0..4 --wait  |  medgan submit jobs.jsonl")
 def submit(
-    spec_file: Annotated[Path, typer.Argument(help="a JSON or YAML job spec with a `kind` field")],
-    idempotency_key: IdemKey = None, wait: Wait = False, json_: Json = False,
+    spec_file: Annotated[Path, typer.Argument(help="a JSON or YAML job spec with a `kind` field, or a .jsonl "
+                                                   "file (or - for standard input) of one spec per line")],
+    idempotency_key: Annotated[Optional[str], typer.Option(
+        "--idempotency-key", help="a repeated key returns the same job; for a .jsonl file, line N without "
+                                  "its own key gets KEY:N, so the same file submitted twice makes no new jobs")] = None,
+    sweep: Sweep = None, wait: Wait = False, json_: Json = False,
 ) -> None:
-    """Submit a job spec from a file (any kind)."""
+    """Submit a job spec from a file (any kind), or many from a JSON-lines file: every line is validated
+    first (a bad line is named and nothing is written), then all go in at once."""
+    if spec_file.suffix in (".jsonl", ".ndjson") or str(spec_file) == "-":
+        if sweep:
+            fail("--sweep applies to one spec: give each line of a .jsonl file its own \"sweep\"")
+        submit_lines(spec_file, idempotency_key=idempotency_key, wait=wait, as_json=json_)
+        return
     spec = load_file(spec_file)
     kind = spec.pop("kind", None)
     from scheduler.specs import KINDS
@@ -213,7 +280,64 @@ def submit(
     config = spec.pop("config", None) or {}
     if not isinstance(config, dict):
         fail(f"`config` in {spec_file} must be a mapping of fields")
-    do_submit(kind, config, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=spec)
+    do_submit(kind, config, wait=wait, as_json=json_, idempotency_key=idempotency_key, fields=spec, sweep=sweep)
+
+
+def read_lines(path: Path, idempotency_key: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The requests of a JSON-lines file and a label per request ("line N"); blank lines are skipped."""
+    requests, labels = [], []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MedganUserError(f"{path} line {n}: not JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+            raise MedganUserError(f"{path} line {n}: a line is one JSON object with a \"kind\"")
+        if idempotency_key and data.get("idempotency_key") is None:
+            data["idempotency_key"] = f"{idempotency_key}:{n}"
+        requests.append(data)
+        labels.append(f"{path} line {n}")
+    if not requests:
+        raise MedganUserError(f"{path} holds no job specs (one JSON object per line)")
+    return requests, labels
+
+
+def submit_lines(path: Path, *, idempotency_key: str | None, wait: bool, as_json: bool) -> None:
+    """`medgan submit FILE.jsonl`: one transaction, one pipelined publish (Client.submit_many)."""
+    from scheduler.client import Client
+    from scheduler.db import utcnow
+
+    requests, labels = read_lines(path, idempotency_key)
+    client = Client()
+    started = utcnow()
+    made = client.submit_many(requests, labels=labels)
+    new = {j.id for j in made if datetime.fromisoformat(j.created_at) >= started}  # the others held an idempotency key given before
+    if wait:
+        made = client.wait_all([j.id for j in made], on_progress=_count_done if not as_json else None)
+    if as_json:
+        print_json(made)
+    else:
+        again = len(made) - sum(1 for j in made if j.id in new)
+        err_console.print(f"submitted {len(new)} new job(s) from {path}" + (
+            f"; {again} line(s) gave the job of an idempotency key used before" if again else ""))
+        for job in made:
+            print(job.id)  # one per line, in the file's order, for scripts
+    if wait and any(j.status != "SUCCEEDED" for j in made):
+        raise typer.Exit(1)
+
+
+def _count_done(jobs: list[Any]) -> None:
+    done = sum(1 for j in jobs if j.done)
+    err_console.print(f"{done}/{len(jobs)} done", end="\r")
+
+
+def _sweep_size(sweep: dict[str, list[Any]]) -> int:
+    size = 1
+    for values in sweep.values():
+        size *= len(values)
+    return size
 
 
 @command(app, "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -6,17 +6,21 @@ the worker registers the tasks. The message carries the job id only.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-from celery import Celery
-from kombu import Queue
-from kombu.utils.uuid import uuid
+from typing import TYPE_CHECKING, Any, Sequence
 
 from scheduler import constants as C
 from scheduler.settings import Settings
 
+if TYPE_CHECKING:
+    from celery import Celery
+
+# Celery and kombu are imported by the functions that use them: importing this module (the submission
+# path, the client, the CLI) costs nothing until a message is actually built.
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    from kombu import Queue
+
     broker = settings.broker
     conf: dict[str, Any] = dict(
         broker_url=broker,
@@ -62,7 +66,7 @@ def _tune_sqlalchemy_transport(poll_seconds: float) -> None:
     sqla.Transport.polling_interval = poll_seconds
 
 
-_APPS: dict[tuple[Any, ...], Celery] = {}
+_APPS: dict[tuple[Any, ...], "Celery"] = {}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -71,6 +75,8 @@ def make_celery(settings: Settings) -> Celery:
         settings.home_dir.mkdir(parents=True, exist_ok=True)
     key = (settings.broker, settings.visibility_timeout, settings.broker_poll_seconds)
     if key not in _APPS:
+        from celery import Celery
+
         app = Celery("medgan")
         app.conf.update(celery_config(settings))
         _APPS[key] = app
@@ -100,6 +106,8 @@ def send_jobs(app: Celery, jobs: Sequence[tuple[str, str, int]]) -> None:
 def _publish(app: Celery, jobs: Sequence[tuple[str, str, int]]) -> None:
     # Celery's own message building and sending (app.amqp), without `send_task`'s per-call option
     # resolution, routing and result objects: a third of the CPU per message, the same message.
+    from kombu.utils.uuid import uuid
+
     amqp, declared = app.amqp, set()
     with app.producer_or_acquire() as producer, producer.batch(max_size=C.PUBLISH_BATCH):
         for job_id, kind, priority in jobs:

@@ -22,17 +22,25 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from scheduler import jobs
-from scheduler.datasets import upload_dataset
-from scheduler.db import TERMINAL, Status
+from scheduler import lazy_module
+from scheduler.constants import TERMINAL, Status
 from scheduler.errors import MedganUserError, NotFound, StoreError
-from scheduler.settings import Settings, get_settings
-from scheduler.specs import parse_spec
-from scheduler.store import Store, make_store, sha256_file, validate_key
+
+if TYPE_CHECKING:
+    from scheduler.settings import Settings
+    from scheduler.store import Store
+
+# Loaded on first use: `import scheduler.client` brings neither SQLAlchemy nor Celery nor the store's client
+# (tests/scheduler/test_fast_start.py); the first call pays for what it needs.
+jobs = lazy_module("scheduler.jobs")
+datasets = lazy_module("scheduler.datasets")
+specs = lazy_module("scheduler.specs")
+store_ = lazy_module("scheduler.store")
+settings_ = lazy_module("scheduler.settings")
 
 __all__ = ["ArtifactInfo", "Client", "Job", "LogLine", "MedganUserError"]
 
@@ -183,21 +191,21 @@ class Client:
     """
 
     def __init__(self, settings: Settings | None = None):
-        self.settings = settings or get_settings()
+        self.settings = settings or settings_.get_settings()
         self._store: Store | None = None
 
     @property
     def store(self) -> Store:
         """The artifact store (S3/MinIO or the local folder), opened on first use."""
         if self._store is None:
-            self._store = make_store(self.settings)
+            self._store = store_.make_store(self.settings)
         return self._store
 
     # -- submitting ---------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, name: str | None = None) -> str:
         """Upload a local file or folder once; returns its dataset key (``datasets/<name>/<version>``,
         content-addressed: the same files give the same key and are not uploaded again)."""
-        return upload_dataset(self.store, Path(path), name, max_file_bytes=self.settings.max_file_bytes)
+        return datasets.upload_dataset(self.store, Path(path), name, max_file_bytes=self.settings.max_file_bytes)
 
     def submit(self, kind: str, /, *, config: dict[str, Any] | None = None, idempotency_key: str | None = None,
                **fields: Any) -> Job:
@@ -258,7 +266,7 @@ class Client:
         job._client = self
         return job
 
-    def submit_many(self, requests: Iterable[dict[str, Any]]) -> list[Job]:
+    def submit_many(self, requests: Iterable[dict[str, Any]], *, labels: Sequence[str] | None = None) -> list[Job]:
         """Submit many jobs at once (a dataset of thousands of generations, a hand-made sweep). Each request
         is a dict of `submit`'s arguments, ``kind`` included::
 
@@ -267,19 +275,24 @@ class Client:
         Every request is validated before anything is written, so one bad request submits nothing
         (MedganUserError names its index); then every job goes into the database in one transaction and
         every message to the broker in one pipelined batch (thousands of jobs a second). Idempotency keys
-        are respected, within the batch too. Returns the jobs in request order.
+        are respected, within the batch too. Returns the jobs in request order. `labels[i]` names request i
+        in error messages (default ``request i``; the CLI says ``FILE line N``).
         """
+        def where(i: int) -> str:
+            return labels[i] if labels is not None else f"request {i}"
+
         prepared, keys = [], []
         for i, req in enumerate(requests):
             if not isinstance(req, dict) or "kind" not in req:
-                raise MedganUserError(f"request {i}: a request is a dict with a 'kind'")
+                raise MedganUserError(f"{where(i)}: a request is a dict with a 'kind'")
             fields = {k: v for k, v in req.items() if k not in ("kind", "config", "idempotency_key")}
             try:
                 prepared.append(self._prepare(req["kind"], req.get("config"), fields))
             except MedganUserError as exc:
-                raise type(exc)(f"request {i}: {exc}") from None
+                raise type(exc)(f"{where(i)}: {exc}") from None
             keys.append(req.get("idempotency_key"))
-        return [self._job(j) for j in jobs.submit_many(self.settings, self._upload_local(prepared), keys=keys)]
+        made = jobs.submit_many(self.settings, self._upload_local(prepared), keys=keys, where=where)
+        return [self._job(j) for j in made]
 
     def _upload_local(self, prepared: list[tuple[dict[str, Any], dict[str, Path]]]) -> list[dict[str, Any]]:
         """Upload the local paths named by validated specs, each file's header checked against its job's
@@ -291,7 +304,8 @@ class Client:
         for spec, local in prepared:
             check = self._reader_check(spec, local) if local else None
             for key, path in local.items():
-                spec[key] = upload_dataset(self.store, path, check=check, max_file_bytes=self.settings.max_file_bytes)
+                spec[key] = datasets.upload_dataset(self.store, path, check=check,
+                                                    max_file_bytes=self.settings.max_file_bytes)
             specs.append(spec)
         return specs
 
@@ -322,7 +336,7 @@ class Client:
         file it will read, before anything is uploaded."""
         from scheduler.datasets import header_check
 
-        parsed = parse_spec({**spec, **{k: "datasets/local/pending" for k in local}})
+        parsed = specs.parse_spec({**spec, **{k: "datasets/local/pending" for k in local}})
         policy = getattr(getattr(parsed, "config", None), "read", None)
         return header_check(policy.capped(**self.settings.read_ceilings())) if policy is not None else None
 
@@ -473,9 +487,9 @@ class Client:
             rel = art["key"][len(base):] if art["key"].startswith(base) else art["key"]
             if not rel.startswith(prefix):
                 continue
-            target = dest / validate_key(rel)
+            target = dest / store_.validate_key(rel)
             self.store.get_file(art["key"], target)
-            if sha256_file(target) != art["sha256"]:
+            if store_.sha256_file(target) != art["sha256"]:
                 raise StoreError(f"{art['key']} is corrupt: sha256 does not match its record")
             out.append(target)
         return out
@@ -502,4 +516,4 @@ class Client:
         head, sep, rest = key.partition("/")
         if sep and head not in ("jobs", "datasets", "code"):
             key = f"jobs/{self.job(head).id}/{rest}"
-        return validate_key(key)
+        return store_.validate_key(key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 # Celery queues: one per job kind so operators can dedicate workers (GPU vs CPU).
 QUEUE_TRAIN = "medgan.train"
 QUEUE_GENERATE = "medgan.generate"
@@ -54,3 +56,21 @@ LOG_DB_MAX_BYTES = 32 * 1024 * 1024  # per attempt; the rest is in the job.log a
 
 # Job ids: 12 hex characters; a unique prefix of at least this many works wherever an id is taken.
 ID_PREFIX_MIN = 4
+
+
+# Job statuses (DESIGN.md "Job lifecycle").
+class Status(str, enum.Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+ACTIVE = frozenset({Status.RUNNING, Status.CANCELLING})

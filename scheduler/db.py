@@ -6,7 +6,6 @@ Times are naive UTC everywhere (SQLite keeps no zone), produced by `utcnow()`.
 
 from __future__ import annotations
 
-import enum
 import functools
 import uuid
 from contextlib import contextmanager
@@ -32,6 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from scheduler.constants import ACTIVE, TERMINAL, Status  # noqa: F401 - re-exported: `from scheduler.db import Status`
+
 # Set before the first revision so constraint names are stable across SQLite and PostgreSQL.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -50,21 +51,7 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-class Status(str, enum.Enum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    CANCELLING = "CANCELLING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-
-TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
-ACTIVE = frozenset({Status.RUNNING, Status.CANCELLING})
+# The status names live with the constants (importable without SQLAlchemy: the client, the CLI).
 
 
 class Base(DeclarativeBase):

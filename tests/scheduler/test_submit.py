@@ -73,26 +73,35 @@ BAD = [
     ({"kind": "noop", "sleep": "soon"}, "sleep"),
     ({"kind": "noop", "extra": 1}, "extra"),
     ({"kind": "noop", "priority": 99}, "priority"),
-    ({"kind": "noop", "depends_on": ["not-an-id"]}, "not a job id"),
-    ({"kind": "noop", "depends_on": ["0123456789ab"]}, "unknown job 0123456789ab"),
-    ({"kind": "generate", "source_job": "0123456789ab"}, "does not exist"),
+    ({"kind": "noop", "depends_on": ["not-an-id"]}, "unknown job: no job 'not-an-id'"),
+    ({"kind": "noop", "depends_on": ["0123456789ab"]}, "unknown job: no job '0123456789ab'"),
+    ({"kind": "noop", "depends_on": [7]}, "depends_on"),
+    ({"kind": "generate", "source_job": "0123456789ab"}, "source_job names an unknown job"),
+    ({"kind": "generate"}, "source_job"),
     ({"kind": "train", "config": {"image_size": 33}}, "image_size"),
     ({"kind": "train", "sweep": {"lr": [1e-4, 5.0]}}, "sweep point lr=5.0"),
     ({"kind": "train", "sweep": {"no_such_field": [1]}}, "no such spec or config field"),
     ({"kind": "train", "sweep": {"seed": []}}, "seed has no values"),
-    ({"kind": "generate", "shards": 2, "sweep": {"config.seed": [1, 2]}}, "cannot also be sharded"),
+    ({"kind": "generate", "source_job": "TRAIN", "depends_on": ["TRAIN"], "shards": 2,
+      "sweep": {"config.seed": [1, 2]}}, "cannot also be sharded"),
+    ({"kind": "generate", "source_job": "TRAIN"}, "not SUCCEEDED"),
+    ({"kind": "evaluate", "source_job": "TRAIN"}, "must be the generate job"),
 ]
 
 
 @pytest.mark.parametrize("position", [0, 3, 9])
 def test_one_bad_spec_anywhere_writes_nothing_and_names_its_index(settings, position):
+    import json
+
+    train = J.submit(settings, {"kind": "train"})["id"]  # something to refer to (QUEUED: no worker here)
     for bad, why in BAD:
         specs = [{"kind": "noop"} for _ in range(10)]
-        specs[position] = bad
+        specs[position] = json.loads(json.dumps(bad).replace("TRAIN", train))
         with pytest.raises(SpecError, match=rf"^request {position}: .*{why}"):
             J.submit_many(settings, specs)
-        assert _count(settings) == 0, bad
-    assert not _messages(settings)
+        assert _count(settings) == 1, bad
+    sent = _messages(settings)
+    assert sent is None or sent == [train]
 
 
 def test_idempotency_keys_across_and_within_batches(settings):
