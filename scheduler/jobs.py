@@ -14,14 +14,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from scheduler import constants as C
 from scheduler import states
-from scheduler.broker import make_celery, queue_for, send_jobs
+from scheduler.broker import make_celery, queue_depths, queue_for, send_jobs
 from scheduler.db import (
     Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, get_engine, new_id, session_scope, utcnow,
 )
@@ -37,9 +37,7 @@ S = Status
 
 def check_database(settings: Settings) -> None:
     """Fail with one clear line when the database is unreachable or not migrated (two cheap queries)."""
-    url = make_url(settings.db_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        raise DatabaseUnavailable(f"database {url.database} does not exist: run `medgan db upgrade`")
+    _check_sqlite_file(settings)
     engine = get_engine(settings.db_url)
     shown = engine.url.render_as_string(hide_password=True)
     try:
@@ -84,6 +82,12 @@ def _validated_one(session: Session, spec_data: dict[str, Any]) -> AnySpec:
     return spec
 
 
+def _check_sqlite_file(settings: Settings) -> None:
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise DatabaseUnavailable(f"database {url.database} does not exist: run `medgan db upgrade`")
+
+
 def submit(settings: Settings, spec_data: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
     """Validate, record, commit, then enqueue. Returns the job dict (the existing job's for a repeated key)."""
     return submit_many(settings, [spec_data], keys=[idempotency_key], where=None)[0]
@@ -101,7 +105,7 @@ def submit_many(settings: Settings, specs: Sequence[dict[str, Any]], *, keys: Se
     keys = list(keys) if keys is not None else [None] * len(specs)
     if len(keys) != len(specs):
         raise ValueError("submit_many: one key (or None) per spec")
-    check_database(settings)
+    _check_sqlite_file(settings)  # a session would create the file
     for _ in range(3):  # a key taken by a concurrent submission: read it back and go again
         try:
             jobs, ready, waiting = _insert_all(settings, specs, keys, where)
@@ -109,13 +113,14 @@ def submit_many(settings: Settings, specs: Sequence[dict[str, Any]], *, keys: Se
         except IntegrityError:
             if not any(keys):
                 raise
+        except (OperationalError, ProgrammingError):
+            # Checked only when something failed (two round trips fewer per submission): say why in one line.
+            check_database(settings)
+            raise
     else:
         raise DatabaseUnavailable("could not record the submission: idempotency keys kept colliding")
-    if ready:
-        try:
-            send_jobs(make_celery(settings), ready)
-        except Exception as exc:  # the rows are the truth: the sweeper re-sends what was not delivered
-            log.warning("could not send %d job(s) now (the sweeper re-sends them): %s", len(ready), exc)
+    if ready:  # the rows are the truth: what cannot be sent now, the sweeper sends
+        _send_or_mark_unsent(settings, ready)
     if waiting:
         dispatch_ready(settings, waiting)
     return jobs
@@ -273,8 +278,10 @@ def _check_gpus(session: Session, gpus: int) -> None:
 
 def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> list[str]:
     """Send messages for QUEUED jobs whose dependencies have succeeded (and fail those whose
-    dependencies failed). With `job_ids`, only those; else every queued job never sent or sent
-    longer ago than `resend_after_seconds` (the sweeper's re-send of lost messages)."""
+    dependencies failed). With `job_ids`, only those; else (the sweeper's re-send of lost messages) every
+    queued job never sent, and those sent longer ago than `resend_after_seconds` whose queue the broker
+    holds no message for: a job waiting behind thousands of others in its queue has not lost its message,
+    and sending it again every minute would fill the queue with duplicates."""
     now = utcnow()
     sent: list[tuple[str, str, int]] = []
     with session_scope(settings.db_url) as session:
@@ -283,7 +290,10 @@ def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> 
             q = q.where(Job.id.in_(list(job_ids)))
         else:
             stale = now - timedelta(seconds=settings.resend_after_seconds)
-            q = q.where(or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))
+            old = session.execute(select(Job.queue).where(Job.status == S.QUEUED.value, Job.enqueued_at < stale)
+                                  .distinct()).scalars().all()
+            q = q.where(or_(Job.enqueued_at.is_(None),
+                            and_(Job.enqueued_at < stale, Job.queue.in_(_empty_queues(settings, old) if old else []))))
         for job in session.execute(q).scalars():
             blocked = _blocked_by(session, job)
             if blocked == "" and is_fanout_parent(job):
@@ -295,11 +305,32 @@ def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> 
                 _end_blocked(session, job, blocked)
         cascade_blocked(session)
     if sent:
-        try:
-            send_jobs(make_celery(settings), sent)
-        except Exception as exc:  # the sweeper re-sends; the jobs stay QUEUED
-            log.warning("could not send %d job(s): %s", len(sent), exc)
+        _send_or_mark_unsent(settings, sent)
     return [s[0] for s in sent]
+
+
+def _empty_queues(settings: Settings, queues: list[str]) -> list[str]:
+    """Those of `queues` the broker holds no message for (all of them when it cannot be asked)."""
+    try:
+        depths = queue_depths(make_celery(settings), queues)
+    except Exception as exc:  # the broker is down: re-send as if everything was lost (the send will say)
+        log.warning("could not read the queue depths: %s", exc)
+        return list(queues)
+    return [q for q, n in depths.items() if n == 0]
+
+
+def _send_or_mark_unsent(settings: Settings, messages: list[tuple[str, str, int]]) -> None:
+    """Send committed jobs' messages; when that fails, mark them never sent, so that the next sweep sends
+    them (whatever their queue holds) instead of waiting for them to look lost."""
+    try:
+        send_jobs(make_celery(settings), messages)
+    except Exception as exc:
+        log.warning("could not send %d job(s) now (the sweeper sends them): %s", len(messages), exc)
+        ids = [m[0] for m in messages]
+        with session_scope(settings.db_url) as session:
+            for i in range(0, len(ids), 1000):
+                session.execute(update(Job).where(Job.id.in_(ids[i:i + 1000]), Job.status == S.QUEUED.value)
+                                .values(enqueued_at=None).execution_options(synchronize_session=False))
 
 
 DEPENDENCY_REASON = "dependency "  # the reason of a job ended by its dependency starts so (retry finds them)

@@ -215,3 +215,53 @@ def test_a_key_taken_between_read_and_insert_gives_the_winner(settings, monkeypa
     got = J.submit_many(settings, [{"kind": "noop"}, {"kind": "noop"}], keys=["k", None])
     assert len(calls) == 2 and got[0]["id"] == winner["id"]
     assert _count(settings) == 2  # the winner and the unkeyed one; the collided attempt left nothing
+
+
+def _age_messages(settings, seconds: float) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from scheduler.db import utcnow
+
+    with session_scope(settings.db_url) as s:
+        s.execute(update(Job).values(enqueued_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def _lose_every_message(settings) -> None:
+    """What a broker restart without persistence does: every waiting message is gone."""
+    if settings.broker.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(settings.broker).flushdb()  # the tests' private server
+    else:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(settings.broker.removeprefix("sqla+"))
+        with engine.begin() as c:
+            c.execute(text("DELETE FROM kombu_message"))
+        engine.dispose()
+
+
+def test_the_sweeper_resends_only_what_the_broker_lost(settings):
+    ids = sorted(j["id"] for j in J.submit_many(settings, [{"kind": "noop"}] * 20))
+    _age_messages(settings, 10 * settings.resend_after_seconds)  # old enough to look lost
+    assert J.dispatch_ready(settings) == []  # but the queue holds them: nothing is sent twice
+    sent = _messages(settings)
+    assert sent is None or sorted(sent) == ids
+    _lose_every_message(settings)
+    assert sorted(J.dispatch_ready(settings)) == ids  # the control: lost messages are sent again
+    sent = _messages(settings)
+    assert sent is None or sorted(sent) == ids
+
+
+def test_a_failed_publish_is_sent_by_the_next_sweep_at_once(settings, monkeypatch):
+    def broker_down(app, messages):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(J, "send_jobs", broker_down)
+    ids = sorted(j["id"] for j in J.submit_many(settings, [{"kind": "noop"}] * 5))
+    assert _count(settings, Job.enqueued_at.is_(None)) == 5  # committed, marked never sent
+    monkeypatch.undo()
+    assert sorted(J.dispatch_ready(settings)) == ids  # no waiting for resend_after_seconds
+    assert _count(settings, Job.enqueued_at.is_(None)) == 0
