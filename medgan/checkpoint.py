@@ -26,12 +26,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from medgan.config import TrainConfig
+from medgan.config import TrainConfig, parse_checkpoint_choice
 from medgan.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
 EXTRA = "extra.json"
 CONFIG = "config.json"
+BEST = "best.json"  # RUN/best.json: the best-scoring probed checkpoint {"step", "score", "probes"}
 _STEP_RE = re.compile(r"^step-(\d{6,})$")
 
 
@@ -112,13 +113,14 @@ def _file_list(ckpt_dir: Path) -> dict[str, int]:
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, extra: dict[str, Any], keep: int, *,
                     exports: dict[str, nn.Module] | None = None,
-                    config: TrainConfig | None = None) -> Path:
+                    config: TrainConfig | None = None, protect: set[int] | None = None) -> Path:
     """Save the full training state of `step` and prune to the `keep` newest checkpoints.
 
     Must be called on every process (accelerate gathers per-rank RNG states); only the
     main process writes our own files. `extra` must be JSON-serialisable and should hold
     `model` (checked on load) and any loop state; `exports` are modules written as
     safetensors (the EMA generator); `config` is written as config.json. COMPLETE is last.
+    Checkpoints whose step is in `protect` (the best snapshot) survive pruning.
     """
     ckpt = checkpoint_dir(run_dir, step)
     if accelerator.is_main_process:
@@ -137,22 +139,46 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, extra: dict[str, Any]
         _atomic_write(ckpt / EXTRA, json.dumps(meta, indent=2, sort_keys=True))
         # COMPLETE lists every file with its size so a truncated upload/copy is detectable
         _atomic_write(ckpt / COMPLETE, json.dumps({"step": int(step), "files": _file_list(ckpt)}, indent=2))
-        prune_checkpoints(run_dir, keep)
+        prune_checkpoints(run_dir, keep, protect)
     accelerator.wait_for_everyone()
     return ckpt
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the `keep` newest complete checkpoints, and incomplete ones older than
-    the newest complete one. Returns the deleted directories."""
+def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] | None = None) -> list[Path]:
+    """Delete all but the `keep` newest complete checkpoints (and those in `protect`), and incomplete
+    ones older than the newest complete one. Returns the deleted directories."""
     dirs = _step_dirs(run_dir)
-    complete = [d for _, d in dirs if is_complete(d)]
-    newest_step = max((s for s, d in dirs if is_complete(d)), default=-1)
-    doomed = complete[:-keep] if keep > 0 else complete
+    protect = protect or set()
+    complete = [(s, d) for s, d in dirs if is_complete(d)]
+    newest_step = max((s for s, _ in complete), default=-1)
+    doomed = [d for s, d in (complete[:-keep] if keep > 0 else complete) if s not in protect]
     doomed += [d for s, d in dirs if not is_complete(d) and s < newest_step]
     for d in doomed:
         shutil.rmtree(d, ignore_errors=True)
     return doomed
+
+
+def select_checkpoint(run_dir: Path, which: str = "last") -> Path:
+    """The complete checkpoint of a local run chosen by `which`: "last", "best" (RUN/best.json, written
+    by the probes) or "step-N". Raises CheckpointError naming what exists when the choice is not there."""
+    choice = parse_checkpoint_choice(which)
+    have = [s for s, d in _step_dirs(run_dir) if is_complete(d)]
+    if not have:
+        raise CheckpointError(f"run {run_dir} has no complete checkpoint")
+    if choice == "last":
+        step = have[-1]
+    elif choice == "best":
+        try:
+            step = int(json.loads((Path(run_dir) / BEST).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"run {run_dir} has no best snapshot ({BEST}: {exc}); "
+                                  f"its probes are off or it never reached a checkpoint") from None
+    else:
+        step = choice
+    if step not in have:
+        raise CheckpointError(f"run {run_dir} has no complete checkpoint step-{step:06d}; it has "
+                              + ", ".join(f"step-{s:06d}" for s in have))
+    return checkpoint_dir(run_dir, step)
 
 
 def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:

@@ -7,11 +7,23 @@ run's outputs. Pure pydantic: importing this module must not import torch.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medgan.data.policy import ReadPolicy
+
+
+_CHECKPOINT_CHOICE = re.compile(r"^(best|last|step-(\d{1,9}))$")
+
+
+def parse_checkpoint_choice(which: str) -> str | int:
+    """"best" | "last" | "step-N" -> "best", "last" or N (int). Raises ValueError with the accepted forms."""
+    m = _CHECKPOINT_CHOICE.match(str(which).strip())
+    if not m:
+        raise ValueError(f"checkpoint must be best, last or step-N (e.g. step-500), not {which!r}")
+    return int(m.group(2)) if m.group(2) else m.group(1)
 
 
 class _Frozen(BaseModel):
@@ -20,6 +32,9 @@ class _Frozen(BaseModel):
 
 ModelName = Literal["dcgan", "cgan", "esrgan", "zerodce"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
+# ADA's augmentations (Karras et al. 2020, "bgc" less hue/saturation/luma flip), in the order they apply
+ADA_OPS = ("xflip", "rot90", "translate", "scale", "rotate", "aniso", "fractranslate", "brightness", "contrast",
+           "cutout")
 EnhanceMethod = Literal["lime", "gamma", "he", "clahe", "zerodce", "bicubic", "esrgan"]
 
 
@@ -49,8 +64,23 @@ class TrainConfig(_Frozen):
     base_channels: int = Field(64, ge=8, le=1024, description="width of the networks")
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (0: off)")
+    r1_every: int = Field(16, ge=1, description="lazy R1: penalise every N steps with weight x N (1: every step)")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     diffaug: str = Field("translation,cutout", description="DiffAugment policy, comma separated; '' for none")
+    ada: bool = Field(False, description="adaptive discriminator augmentation: r_t heuristic drives p")
+    ada_target: float = Field(0.6, gt=0, lt=1, description="ADA target of r_t = E[sign(D(real))]")
+    ada_kimg: float = Field(20.0, gt=0, description="thousands of images for p to move by 1 (speed of ADA)")
+    ada_interval: int = Field(4, ge=1, description="steps between ADA adjustments of p")
+    ada_p: float = Field(0.0, ge=0, le=1, description="initial (ada=True) or fixed (ada=False, >0) augment p")
+    ada_ops: str = Field("xflip,rot90,translate,scale,rotate,aniso,brightness,contrast",
+                         description="ADA pipeline, comma separated")
+    mask_coupling: Literal["none", "segmenter"] = Field(
+        "none", description="with_masks: how the mask channel is tied to the lesions it marks (medgan.coupling)")
+    mask_weight: float = Field(1.0, ge=0, description="weight of the mask-coupling terms")
+    mask_segmenter_steps: int = Field(300, ge=1, le=100_000, description="fit steps of the coupling's segmenter")
+    probes: bool = Field(True, description="quality probes on a fixed sample at every checkpoint (GAN runs)")
+    probe_samples: int = Field(100, ge=8, le=10_000, description="synthetic images per class for the probes")
+    tensorboard: bool = Field(True, description="log scalars and sample grids to RUN/tensorboard")
     checkpoint_every: int = Field(100, ge=1)
     sample_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1, description="steps between progress ticks (stats.jsonl, on_progress)")
@@ -77,6 +107,15 @@ class TrainConfig(_Frozen):
         bad = [p for p in parts if p not in allowed]
         if bad:
             raise ValueError(f"unknown DiffAugment policy {bad}; choose from {sorted(allowed)}")
+        return ",".join(parts)
+
+    @field_validator("ada_ops")
+    @classmethod
+    def _ada_ops(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        bad = [p for p in parts if p not in ADA_OPS]
+        if bad:
+            raise ValueError(f"unknown ADA op {bad}; choose from {list(ADA_OPS)}")
         return ",".join(parts)
 
 

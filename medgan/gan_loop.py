@@ -1,33 +1,45 @@
-"""The GAN training loop (dcgan / cgan) through Accelerate.
+"""The GAN trainer (dcgan / cgan): a `medgan.loop.Trainer`, driven by the one training loop.
 
-One step: D on real+fake (hinge or non-saturating loss, optional R1), then G through D on the
-same fakes, then the EMA generator. Every random draw of step t on rank r (batch indices,
-noise, DiffAugment) comes from a generator seeded by (seed, t, r), and the checkpoint holds
-G, D, EMA, both optimisers and the scaler, so N steps + resume + N steps equals 2N straight.
+One step: D on real+fake (hinge or non-saturating loss; lazy R1 on the real half every `r1_every`
+steps), then G through D on the same fakes (plus the mask-coupling terms, medgan.coupling), then the
+EMA generator. D sees both halves through the same augmentation: DiffAugment's fixed policy and/or
+ADA, whose probability p follows the r_t overfitting heuristic (medgan.diffaug.AdaState). Every
+random draw of step t on rank r (batch indices, noise, augmentation) comes from a generator seeded
+by (seed, t, r), and the checkpoint holds G, D, EMA, both optimisers, the scaler and ADA's state, so
+N steps + resume + N steps equals 2N straight.
+
+Diagnostics in every stats row: D's mean logits on real and fake, ADA's p and r_t, gradient norms of
+G and D, the share of lesion-class fakes whose mask is non-empty (a dying mask channel is reported
+as it happens), and at every checkpoint the quality probes of medgan.probes.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 
 from medgan import rundir
 from medgan.callbacks import Callbacks
-from medgan.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from medgan.config import TrainConfig
+from medgan.coupling import coupling_loss, fit_segmenter, lesion_weight
 from medgan.data import ImageDataset, training_dataset
-from medgan.diffaug import diff_augment
+from medgan.diffaug import AdaState, ada_augment, diff_augment
 from medgan.errors import DataError
+from medgan.grids import sample_grid
+from medgan.loop import run_training
 from medgan.losses import d_loss, g_loss, r1_penalty
 from medgan.models import build_discriminator, build_generator
-from medgan.pngio import write_png
 
+log = logging.getLogger("medgan.train")
 EMA_NAME = "generator_ema"
-GRID_COLS = 8
+SEGMENTER_NAME = "mask_segmenter"
+GRID_COLS = 6
 _SAMPLE_STREAM = 7  # generator stream id of the fixed sample-grid noise
+MASK_DEAD_RATIO = 0.5  # a mask channel is "dead" when lesion-class fakes have masks < half as often as reals
 
 
 def load_training_data(cfg: TrainConfig, data_dir: Path | None) -> ImageDataset:
@@ -42,24 +54,55 @@ def load_training_data(cfg: TrainConfig, data_dir: Path | None) -> ImageDataset:
     return ds
 
 
+def _grad_norm(params) -> torch.Tensor:
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.zeros(())
+
+
 class GanTrainer:
-    """Networks, optimisers and one training step. Built after the Accelerator exists."""
+    """Networks, optimisers, augmentation state and one training step. Built after the Accelerator exists."""
 
     def __init__(self, cfg: TrainConfig, accelerator, data: ImageDataset):
-        self.cfg, self.acc = cfg, accelerator
+        self.cfg, self.acc, self.data = cfg, accelerator, data
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.batch = max(1, cfg.batch_size // self.world)  # cfg.batch_size is the global batch
+        dev = accelerator.device
         # joint tensor [N, C(+1), S, S]: the mask channel (in [-1, 1]) rides along with the image
         x = data.images if not cfg.with_masks else torch.cat([data.images, data.masks * 2 - 1], 1)
         self.x, self.y = x.contiguous(), data.labels.clone()
-        self.x_dev = self.x.to(accelerator.device) if self.x.numel() * 4 < 2**30 else None
+        self.x_dev = self.x.to(dev) if self.x.numel() * 4 < 2**30 else None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         g, d = build_generator(cfg), build_discriminator(cfg)
-        self.ema = copy.deepcopy(g).eval().requires_grad_(False).to(accelerator.device)
+        self.ema = copy.deepcopy(g).eval().requires_grad_(False).to(dev)
         betas = (0.5, 0.999) if cfg.model == "dcgan" else (0.0, 0.999)  # DCGAN paper / SNGAN-BigGAN
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=betas)
         opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=betas)
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(g, d, opt_g, opt_d)
+        self.ada = AdaState(cfg.ada_p, cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.ada)
+        self.lesion_classes, self.real_mask_share = self._lesion_classes()
+        self.seg, self.seg_stats = None, {}
+        if cfg.with_masks and cfg.mask_coupling == "segmenter":
+            self.seg, self.seg_stats = fit_segmenter(data.images, data.masks, cfg.seed, cfg.mask_segmenter_steps,
+                                                     device=dev)
+            self.pos_weight = lesion_weight(data.masks)
+        self.mask_dead, self.last_r1 = False, torch.zeros(())
+        self.probes = None
+        if cfg.probes and accelerator.is_main_process:
+            from medgan.probes import Probes
+
+            self.probes = Probes(cfg, data, device=dev)
+
+    def _lesion_classes(self) -> tuple[torch.Tensor, float]:
+        """Classes whose real images mostly carry a non-empty mask [K] bool, and that share among them."""
+        k = self.cfg.num_classes
+        if not self.cfg.with_masks:
+            return torch.zeros(k, dtype=torch.bool), 0.0
+        nonempty = (self.data.masks.flatten(1).amax(1) > 0.5).float()  # [N]
+        share = torch.zeros(k).index_add_(0, self.y, nonempty) / torch.bincount(self.y, minlength=k).clamp(min=1)
+        lesion = share >= 0.5
+        return lesion, float(share[lesion].mean()) if lesion.any() else 0.0
+
+    # ------------------------------------------------------------------ one step
 
     def _batch(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.x), (self.batch,), generator=gen)  # sampling with replacement
@@ -68,42 +111,79 @@ class GanTrainer:
         z = torch.randn(self.batch, self.cfg.z_dim, generator=gen).to(dev)  # [B, z_dim]
         return real, self.y[idx].to(dev), z
 
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """What D sees: DiffAugment's policy, then ADA at the current p (both differentiable)."""
+        cfg = self.cfg
+        if cfg.diffaug:
+            x = diff_augment(x, cfg.diffaug, gen, cfg.channels)
+        if cfg.ada or cfg.ada_p > 0:
+            x = ada_augment(x, self.ada.p, cfg.ada_ops, gen, cfg.channels)
+        return x
+
     def train_step(self, step: int) -> dict[str, float]:
-        """One D update and one G update; returns this rank's losses as floats."""
-        cfg, acc = self.cfg, self.acc
+        """One D update and one G update; returns this rank's losses and diagnostics as floats."""
+        cfg, acc, c = self.cfg, self.acc, self.cfg.channels
         gen = rundir.step_generator(cfg.seed, step, self.rank)
         real, y, z = self._batch(gen)
-        c = cfg.channels
         with acc.autocast():
-            fake = self.g(z, y)  # [B, C(+1), S, S]; fakes share the real batch's labels
-        # --- D: real and fake in one forward (one BN/SN pass, one DDP reduction)
+            raw = self.g(z, y, logits=True)  # [B, C(+1), S, S] pre-tanh
+        fake = torch.tanh(raw)
+        # --- D: real and fake in one forward (one SN pass, one DDP reduction); lazy R1 on the real half
+        do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
         self.opt_d.zero_grad(set_to_none=True)
-        real_in = real.detach().requires_grad_(cfg.r1_gamma > 0)
-        both = torch.cat([real_in, fake.detach().to(real.dtype)])  # [2B, ...]
-        if cfg.diffaug:
-            both = diff_augment(both, cfg.diffaug, gen, c)
+        real_in = real.detach().requires_grad_(do_r1)
+        both = self._augment(torch.cat([real_in, fake.detach().to(real.dtype)]), gen)  # [2B, ...]
         with acc.autocast():
             logits = self.d(both, torch.cat([y, y])).float()  # [2B]
-        loss_d = d_loss(logits[: self.batch], logits[self.batch:], cfg.loss)
-        out = {"loss_d": loss_d.detach(), "d_real": logits[: self.batch].detach().mean(),
-               "d_fake": logits[self.batch:].detach().mean()}
+        lr_, lf = logits[: self.batch], logits[self.batch:]
+        loss_d = d_loss(lr_, lf, cfg.loss)
+        out = {"loss_d": loss_d.detach(), "d_real": lr_.detach().mean(), "d_fake": lf.detach().mean()}
+        self.ada.accumulate(lr_)
+        if do_r1:
+            r1 = r1_penalty(lr_, real_in)
+            loss_d = loss_d + 0.5 * cfg.r1_gamma * cfg.r1_every * r1  # lazy: weight x interval (StyleGAN2)
+            self.last_r1 = r1.detach()
         if cfg.r1_gamma > 0:
-            r1 = r1_penalty(logits[: self.batch], real_in)
-            loss_d = loss_d + 0.5 * cfg.r1_gamma * r1
-            out["r1"] = r1.detach()
+            out["r1"] = self.last_r1  # the latest penalty (lazy R1 computes it every r1_every steps)
         acc.backward(loss_d)
+        out["grad_d"] = _grad_norm(self.d.parameters())
         self.opt_d.step()
         # --- G: D's gradients here are local scratch (no_sync) and cleared before the next D step
         self.opt_g.zero_grad(set_to_none=True)
         with acc.no_sync(self.d):
-            aug = diff_augment(fake, cfg.diffaug, gen, c) if cfg.diffaug else fake
             with acc.autocast():
-                loss_g = g_loss(self.d(aug, y).float(), cfg.loss)
+                loss_g = g_loss(self.d(self._augment(fake, gen), y).float(), cfg.loss)
+            out["loss_g_adv"] = loss_g.detach()
+            if self.seg is not None:
+                coupling, parts = coupling_loss(raw[:, c:], fake[:, :c], self.seg, self.pos_weight)
+                loss_g = loss_g + cfg.mask_weight * coupling
+                out.update(parts)
             acc.backward(loss_g)
+        out["grad_g"] = _grad_norm(self.g.parameters())
         self.opt_g.step()
         out["loss_g"] = loss_g.detach()
+        if cfg.with_masks:
+            out.update(self._mask_stats(fake[:, c:].detach(), y))
         self.update_ema(step)
+        self.ada.adjust(step, self._reduce_sum)
+        out["ada_p"] = torch.tensor(self.ada.p)
+        if self.ada.rt == self.ada.rt:  # not NaN: defined after the first interval
+            out["ada_rt"] = torch.tensor(self.ada.rt)
         return {k: float(v) for k, v in out.items()}
+
+    def _mask_stats(self, mask: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """mask_nonempty: share of lesion-class fakes with any mask pixel; mask_px: mask pixel share."""
+        on = (mask.flatten(1) > 0).any(1).float()  # [B]
+        lesion = self.lesion_classes.to(y.device)[y]
+        out = {"mask_px": (mask > 0).float().mean()}
+        if lesion.any():
+            out["mask_nonempty"] = on[lesion].mean()
+        return out
+
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        return self.acc.reduce(t.to(self.acc.device), reduction="sum").cpu()
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
@@ -115,47 +195,52 @@ class GanTrainer:
         for be, b in zip(self.ema.buffers(), g.buffers()):
             be.copy_(b)  # BN running statistics follow G directly
 
+    # ------------------------------------------------------------------ the loop's hooks
+
+    def tick_alerts(self, row: dict) -> list[str]:
+        """Said once when the mask channel dies (and once when it comes back), from a stats row."""
+        share = row.get("mask_nonempty")
+        if share is None or self.real_mask_share <= 0:
+            return []
+        dead = share < MASK_DEAD_RATIO * self.real_mask_share
+        if dead == self.mask_dead:
+            return []
+        self.mask_dead = dead
+        if dead:
+            return [f"mask channel dead: {share:.0%} of lesion-class fakes have a mask pixel "
+                    f"(real: {self.real_mask_share:.0%})"]
+        return [f"mask channel back: {share:.0%} of lesion-class fakes have a mask pixel"]
+
+    def exports(self) -> dict[str, torch.nn.Module]:
+        out = {EMA_NAME: self.ema, "generator": self.g}
+        if self.seg is not None:
+            out[SEGMENTER_NAME] = self.seg
+        return out
+
+    def resume_modules(self) -> dict[str, torch.nn.Module]:
+        # the segmenter comes back from the checkpoint too: a refit on another device may differ in the last bit
+        return {EMA_NAME: self.ema, **({SEGMENTER_NAME: self.seg} if self.seg is not None else {})}
+
+    def state_dict(self) -> dict:
+        return {"ada": self.ada.state_dict(), "mask_dead": self.mask_dead}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ada.load_state_dict(state["ada"])
+        self.mask_dead = bool(state.get("mask_dead", False))
+
+    def probe(self, step: int) -> dict | None:
+        return self.probes(self.ema, step) if self.probes is not None else None
+
     @torch.no_grad()
-    def sample_grid(self, path: Path) -> None:
-        """EMA samples on fixed noise: one row per class (plus a mask row per class)."""
+    def sample(self, path: Path) -> None:
+        """Real images beside EMA samples on fixed noise, one row per class, masks overlaid (medgan.grids)."""
         cfg, dev = self.cfg, self.acc.device
         gen = rundir.step_generator(cfg.seed, 0, 0, _SAMPLE_STREAM)
         z = torch.randn(cfg.num_classes * GRID_COLS, cfg.z_dim, generator=gen).to(dev)
         y = torch.arange(cfg.num_classes).repeat_interleave(GRID_COLS).to(dev)
-        out = (self.ema(z, y).float().clamp(-1, 1) + 1) / 2  # [K*8, C(+1), S, S] in [0, 1]
-        rows = []
-        for k in range(cfg.num_classes):
-            part = out[k * GRID_COLS:(k + 1) * GRID_COLS]
-            rows.append(torch.cat(list(part[:, : cfg.channels]), dim=2))  # [C, S, 8S]
-            if cfg.with_masks:
-                rows.append(torch.cat(list(part[:, cfg.channels:]), dim=2).expand(cfg.channels, -1, -1))
-        write_png(path, torch.cat(rows, dim=1).cpu().numpy())  # [C, rows*S, 8S]
-
-
-def _resume(trainer: GanTrainer, run_dir: Path) -> int:
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        return 0
-    meta = load_checkpoint(trainer.acc, ckpt, trainer.cfg.model, modules={EMA_NAME: trainer.ema})
-    return int(meta["step"])
-
-
-def _save(trainer: GanTrainer, run_dir: Path, step: int, callbacks: Callbacks) -> Path:
-    cfg = trainer.cfg
-    path = save_checkpoint(trainer.acc, run_dir, step, {"model": cfg.model, "seed": cfg.seed}, cfg.keep_checkpoints,
-                           exports={EMA_NAME: trainer.ema, "generator": trainer.g}, config=cfg)
-    if trainer.acc.is_main_process:
-        callbacks.on_checkpoint(step, path)
-    return path
-
-
-def _tick(trainer: GanTrainer, run_dir: Path, step: int, losses: dict, ticker, callbacks: Callbacks) -> None:
-    if not trainer.acc.is_main_process:
-        return
-    row: dict[str, Any] = {"step": step, "total": trainer.cfg.steps, **ticker.tick(),
-                           **{k: round(v, 6) for k, v in losses.items()}}
-    rundir.append_stats(run_dir, row)
-    callbacks.on_progress(step, trainer.cfg.steps, row)
+        fake = self.ema(z, y).float().clamp(-1, 1).cpu()  # [K*cols, C(+1), S, S]
+        sample_grid(path, self.x, self.y, fake, y.cpu(), cfg.channels, GRID_COLS,
+                           self.data.class_names, caption=f"{path.stem}")
 
 
 def train_gan(cfg: TrainConfig, run_dir: Path, data_dir: Path | None = None,
@@ -164,40 +249,13 @@ def train_gan(cfg: TrainConfig, run_dir: Path, data_dir: Path | None = None,
     callbacks = callbacks or Callbacks()
     run_dir = Path(run_dir)
     prev_det = torch.are_deterministic_algorithms_enabled()
-    acc = rundir.make_accelerator(cfg)
+    acc = rundir.make_accelerator(cfg, run_dir)
     try:
-        data = load_training_data(cfg, data_dir)
-        if acc.is_main_process:
-            (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
-        trainer = GanTrainer(cfg, acc, data)
-        step = start = _resume(trainer, run_dir)
-        last_saved, stopped, ticker = start if start else -1, False, rundir.Ticker()
-        while step < cfg.steps:
-            losses = trainer.train_step(step)
-            stopped, losses = rundir.agree(acc, callbacks.should_stop(), losses)
-            step += 1
-            rundir.check_finite(losses, step)
-            ticker.add(trainer.batch * trainer.world)
-            if step % cfg.log_every == 0 or step == cfg.steps or stopped:
-                _tick(trainer, run_dir, step, losses, ticker, callbacks)
-            if acc.is_main_process and (step % cfg.sample_every == 0 or step == cfg.steps):
-                trainer.sample_grid(run_dir / "samples" / f"step-{step:06d}.png")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopped:
-                _save(trainer, run_dir, step, callbacks)
-                last_saved = step
-            if stopped:
-                break
-        if last_saved != step:  # e.g. resumed a finished run, or steps == start
-            _save(trainer, run_dir, step, callbacks)
-        result = {"status": "stopped" if stopped and step < cfg.steps else "completed", "step": step, "reason": None}
-        if stopped and step < cfg.steps:
-            result["reason"] = "stop requested"
-        if acc.is_main_process:
-            rundir.write_result(run_dir, **result)
-        del trainer, data
+        trainer = GanTrainer(cfg, acc, load_training_data(cfg, data_dir))
+        notes = {f"segmenter/{k}": round(v, 6) for k, v in trainer.seg_stats.items()}
+        result = run_training(trainer, run_dir, callbacks, notes)
+        del trainer
         rundir.finish_accelerator(acc)
         return result
     finally:
         torch.use_deterministic_algorithms(prev_det)
-

@@ -52,16 +52,32 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def make_accelerator(cfg: TrainConfig):
-    """An Accelerator for `cfg` (CPU gloo when no CUDA: see PITFALLS), deterministic if asked."""
+def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None):
+    """An Accelerator for `cfg` (CPU gloo when no CUDA: see PITFALLS), deterministic if asked.
+
+    With `run_dir` and `cfg.tensorboard`, accelerate's TensorBoard tracker writes event files to
+    RUN/tensorboard/ (the loop calls init_trackers). On CUDA, deterministic mode only warns about ops
+    without a deterministic kernel (grid_sample's backward, used by ADA); on the CPU everything is exact.
+    """
     from accelerate import Accelerator
 
+    cuda = torch.cuda.is_available()
     if cfg.deterministic:
         # must be set before cuBLAS initialises; harmless on CPU
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=cuda)
         torch.backends.cudnn.benchmark = False
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=resolve_precision(cfg.mixed_precision))
+    tracker = {}
+    if run_dir is not None and cfg.tensorboard and tensorboard_available():
+        tracker = {"log_with": "tensorboard", "project_dir": str(run_dir)}
+    return Accelerator(cpu=not cuda, mixed_precision=resolve_precision(cfg.mixed_precision), **tracker)
+
+
+def tensorboard_available() -> bool:
+    """True when torch.utils.tensorboard can write event files (the `tensorboard` package is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def finish_accelerator(accelerator) -> None:

@@ -107,3 +107,12 @@ def darken_batch(x: torch.Tensor, gen: torch.Generator, exposure: tuple[float, f
     noisy = torch.poisson(linear * spec.photons, generator=gen) / spec.photons
     noisy = noisy + spec.read_sigma * torch.randn(noisy.shape, generator=gen)
     return (noisy.clamp(0, 1) ** (1.0 / spec.gamma)).to(x.device)
+
+
+def clean_images(cfg, data_dir) -> torch.Tensor:
+    """Training images ``[N, C, S, S]`` in [0, 1] of an enhancement run (TrainConfig ``cfg``): a folder
+    ``data_dir``, else the bundled phantom. The trainers darken / downsample them on the fly."""
+    from medgan.data import training_dataset
+
+    ds = training_dataset(cfg, data_dir)
+    return ((ds.images + 1) / 2).clamp(0, 1).contiguous()

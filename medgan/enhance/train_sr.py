@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from medgan import rundir
 from medgan.callbacks import Callbacks
 from medgan.config import TrainConfig
-from medgan.enhance.loop import clean_images, run_training
-from medgan.enhance.pairs import downsample, upsample_bicubic
+from medgan.loop import run_training
+from medgan.enhance.pairs import clean_images, downsample, upsample_bicubic
 from medgan.enhance.perceptual import VGGFeatures
 from medgan.enhance.sr import GENERATOR_NAME, build_sr_discriminator, build_sr_generator, ragan_losses
 from medgan.errors import DataError
@@ -102,7 +102,7 @@ def train_esrgan(cfg: TrainConfig, run_dir: Path, data_dir: Path | None = None,
     callbacks = callbacks or Callbacks()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    acc = rundir.make_accelerator(cfg)
+    acc = rundir.make_accelerator(cfg, run_dir)
     trainer = SRTrainer(cfg, acc, clean_images(cfg, data_dir))
     notes = {} if trainer.vgg is not None else {
         "perceptual": "omitted: cfg.perceptual_weights names no local VGG19 file"}

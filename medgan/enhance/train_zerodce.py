@@ -13,8 +13,8 @@ import torch
 from medgan import rundir
 from medgan.callbacks import Callbacks
 from medgan.config import TrainConfig
-from medgan.enhance.loop import clean_images, run_training
-from medgan.enhance.pairs import darken_batch
+from medgan.loop import run_training
+from medgan.enhance.pairs import clean_images, darken_batch
 from medgan.enhance.zerodce import EXPORT_NAME, build_dce, zerodce_losses
 from medgan.pngio import write_png
 
@@ -72,7 +72,7 @@ def train_zerodce(cfg: TrainConfig, run_dir: Path, data_dir: Path | None = None,
     callbacks = callbacks or Callbacks()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    acc = rundir.make_accelerator(cfg)
+    acc = rundir.make_accelerator(cfg, run_dir)
     trainer = ZeroDCETrainer(cfg, acc, clean_images(cfg, data_dir))
     result = run_training(trainer, run_dir, callbacks)
     del trainer

@@ -29,11 +29,13 @@ class ResGenerator(nn.Module):
         self.out = nn.Conv2d(plan[-1], self.out_channels, 3, padding=1)
         self.c0 = plan[0]
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """Images in [-1, 1]; `logits=True` returns the pre-tanh output (the mask-coupling loss needs it)."""
         h = self.fc(z).view(z.shape[0], self.c0, 4, 4)  # [N, C0, 4, 4]
         for block in self.blocks:
             h = block(h, y)  # doubles H, W
-        return torch.tanh(self.out(F.relu(self.bn(h))))  # [N, C_out, S, S]
+        out = self.out(F.relu(self.bn(h)))  # [N, C_out, S, S]
+        return out if logits else torch.tanh(out)
 
 
 class ProjectionDiscriminator(nn.Module):

@@ -35,14 +35,16 @@ class DCGenerator(nn.Module):
                                    nn.BatchNorm2d(plan[0]), nn.ReLU(True)]
         for a, b in zip(plan[:-2], plan[1:-1]):
             layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(plan[-2], self.out_channels, 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        layers += [nn.ConvTranspose2d(plan[-2], self.out_channels, 4, 2, 1)]
+        self.net = nn.Sequential(*layers)  # tanh is applied in forward (pre-tanh output on request)
         self.apply(_init)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """Images in [-1, 1]; `logits=True` returns the pre-tanh output."""
         if self.embed is not None:
             z = torch.cat([z, self.embed(y)], dim=1)  # [N, z_dim + 16]
-        return self.net(z[:, :, None, None])  # [N, C_out, S, S]
+        out = self.net(z[:, :, None, None])  # [N, C_out, S, S]
+        return out if logits else torch.tanh(out)
 
 
 class DCDiscriminator(nn.Module):

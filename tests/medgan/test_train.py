@@ -18,7 +18,7 @@ from PIL import Image
 
 from medgan import gan_loop
 from medgan.callbacks import Callbacks
-from medgan.checkpoint import latest_checkpoint, load_generator
+from medgan.checkpoint import latest_checkpoint, load_generator, select_checkpoint
 from medgan.config import PhantomSpec, TrainConfig
 from medgan.errors import DataError, DivergenceError
 from medgan.phantom import make_phantom
@@ -29,33 +29,51 @@ REPO = Path(__file__).resolve().parents[2]
 
 def tiny(**kw) -> TrainConfig:
     base = dict(model="cgan", image_size=16, base_channels=8, z_dim=16, batch_size=8, steps=6,
-                checkpoint_every=2, sample_every=3, log_every=2, keep_checkpoints=2,
+                checkpoint_every=2, sample_every=3, log_every=2, keep_checkpoints=2, mask_segmenter_steps=10,
                 phantom=PhantomSpec(count=16, size=16))
     return TrainConfig(**{**base, **kw})
 
 
+def _rows(run: Path, kind: str | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind") == kind]
+
+
 def test_cgan_with_masks_run_dir_layout(tmp_path):
-    cfg = tiny(with_masks=True, r1_gamma=1.0, diffaug="color,translation,cutout")
+    cfg = tiny(with_masks=True, r1_gamma=1.0, r1_every=2, diffaug="color,translation,cutout", ada=True,
+               mask_coupling="segmenter")
     seen = {"progress": [], "ckpt": []}
     cb = Callbacks(on_progress=lambda s, t, st: seen["progress"].append((s, t, st)),
                    on_checkpoint=lambda s, p: seen["ckpt"].append((s, p)))
     result = train(cfg, tmp_path, callbacks=cb)
-    assert result == {"status": "completed", "step": 6, "reason": None}
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert result == {"status": "completed", "step": 6, "reason": None, "best_step": best["step"]}
     assert json.loads((tmp_path / "result.json").read_text()) == result
     assert TrainConfig.model_validate_json((tmp_path / "config.json").read_text()) == cfg
-    rows = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [2, 4, 6]
-    assert all({"total", "time", "loss_d", "loss_g", "r1", "imgs_per_s"} <= set(r) for r in rows)
+    diagnostics = {"total", "time", "loss_d", "loss_g", "imgs_per_s", "d_real", "d_fake", "grad_d", "grad_g",
+                   "ada_p", "mask_nonempty", "mask_px", "mask_follow_image", "mask_follow_mask"}
+    assert all(diagnostics <= set(r) for r in rows), [diagnostics - set(r) for r in rows]
+    assert "r1" in rows[0] and "segmenter/dice_train" in rows[0]  # r1 on even steps; fit notes in row 1
     assert [s for s, _, _ in seen["progress"]] == [2, 4, 6]
     assert [s for s, _ in seen["ckpt"]] == [2, 4, 6]
-    # keep_checkpoints=2 prunes step 2; every survivor is complete
+    probes = _rows(tmp_path, "probe")
+    assert [p["step"] for p in probes] == [2, 4, 6]
+    assert all({"probe/recall", "probe/recall_real", "probe/cond_acc", "probe/mask_nonempty_lesion",
+                "probe/mask_contrast", "probe/memorisation_ratio", "probe/score"} <= set(p) for p in probes)
+    # keep_checkpoints=2 prunes the oldest, except the best snapshot
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert ckpts == ["step-000004", "step-000006"]
+    assert ckpts == sorted({"step-000004", "step-000006", f"step-{best['step']:06d}"})
     assert latest_checkpoint(tmp_path).name == "step-000006"
+    assert select_checkpoint(tmp_path, "best").name == f"step-{best['step']:06d}"
     grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert grids == ["step-000003.png", "step-000006.png"]
-    grid = np.asarray(Image.open(tmp_path / "samples" / "step-000006.png"))
-    assert grid.shape == (2 * 2 * 16, 8 * 16)  # (image row + mask row) per class, 8 columns
+    with Image.open(tmp_path / "samples" / "step-000006.png") as im:
+        assert im.mode == "RGB" and "SYNTHETIC" in im.text
+        grid = np.asarray(im)
+    assert grid.shape[0] > 2 * 48 and grid.shape[1] > 2 * 6 * 48  # two class rows, real + synthetic halves
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     g, loaded_cfg = load_generator(tmp_path / "checkpoints" / "step-000006")
     assert loaded_cfg == cfg
     out = g(torch.randn(3, 16), torch.tensor([0, 1, 1]))
@@ -79,7 +97,7 @@ def test_divergence_names_loss_and_step(tmp_path, monkeypatch):
     real = gan_loop.d_loss
     monkeypatch.setattr(gan_loop, "d_loss", lambda r, f, k: real(r, f, k) * float("nan"))
     with pytest.raises(DivergenceError, match=r"loss_d.*step 1"):
-        train(tiny(), tmp_path)
+        train(tiny(probes=False), tmp_path)
 
 
 def test_bad_data_raises_data_error(tmp_path):

@@ -1,0 +1,183 @@
+"""Does the conditional GAN hold up on 100 images? The new defaults against the previous default.
+
+Both arms train the pipeline's conditional GAN with masks (examples/pipelines/phantom-utility.yaml: the
+phantom, 50 real images per class, 32 px) for the same steps, batch and width, in the same process,
+then are judged by one instrument that never saw them train:
+- a classifier/feature CNN (medgan.evaluate.features) trained on 1,000 OTHER phantom images (seed 1) and
+  checked on 200 more (seed 2): its accuracy there says whether it converged;
+- conditioning accuracy: that CNN's class head on 100 synthetic images per class;
+- recall / precision (k = 3, medgan.evaluate.distance) of 100 synthetic images against the 100 training
+  images, beside the real-vs-real value (100 held-out real images, seed 2, against the same training set);
+- masks: share of lesion-class samples with a non-empty mask, share of healthy samples with an empty one,
+  and mask/lesion agreement as the contrast the mask marks (medgan.probes.mask_contrast) beside the real
+  masks' value on the held-out images; a control moves each real mask to another image (a mask that does
+  not sit on a lesion), which must score far lower;
+- memorisation: median pixel distance of synthetic images to their nearest training image over the same
+  median for held-out real images (1 = as novel as new real data; near 0 = copies).
+Every figure is also computed for an oracle arm (held-out real images in place of synthetic ones), which
+must pass every line, so a failing line is the GAN's, not the instrument's.
+
+`python -m bench.bench_gan_quality [--steps N] [--arms new,default]`; `make bench BENCH_ARGS="--only
+gan_quality"` runs it with the defaults below (CPU budget: see the note of each row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medgan.checkpoint import load_generator, select_checkpoint
+from medgan.config import PhantomSpec, TrainConfig
+from medgan.data import phantom_dataset
+from medgan.evaluate.distance import precision_recall
+from medgan.evaluate.features import train_cnn_extractor
+from medgan.probes import mask_contrast
+from medgan.train import train
+
+SIZE, PER_CLASS = 32, 50
+TRAIN_SPEC = PhantomSpec(count=2 * PER_CLASS, size=SIZE, seed=0)  # the pipeline's training set
+STEPS, QUICK_STEPS = 1500, 150
+
+# What the pipeline trained before this benchmark existed: the TrainConfig defaults of that time.
+PREVIOUS_DEFAULT = dict(loss="hinge", diffaug="translation,cutout", r1_gamma=0.0, ada=False, ada_p=0.0,
+                        mask_coupling="none")
+# The new defaults for small data (TrainConfig's own defaults carry the same values).
+NEW_DEFAULT = dict(loss="hinge", diffaug="", r1_gamma=0.2, r1_every=16, ada=True, mask_coupling="segmenter")
+
+
+def arm_config(arm: str, steps: int) -> TrainConfig:
+    extra = {"default": PREVIOUS_DEFAULT, "new": NEW_DEFAULT}[arm]
+    return TrainConfig(model="cgan", image_size=SIZE, with_masks=True, steps=steps, batch_size=32, base_channels=16,
+                       z_dim=64, checkpoint_every=max(1, steps // 6), sample_every=max(1, steps // 6),
+                       log_every=max(1, steps // 60), keep_checkpoints=2, phantom=TRAIN_SPEC, **extra)
+
+
+class Instrument:
+    """The judge: networks and reference sets built once from phantom images the GANs never saw."""
+
+    def __init__(self, seed: int = 0):
+        train_real = phantom_dataset(TRAIN_SPEC, SIZE)
+        judge = phantom_dataset(PhantomSpec(count=1000, size=SIZE, seed=1), SIZE)
+        held = phantom_dataset(PhantomSpec(count=2 * PER_CLASS * 2, size=SIZE, seed=2), SIZE)
+        self.x_train, self.y_train = train_real.images, train_real.labels
+        self.x_held, self.y_held, self.m_held = held.images, held.labels, held.masks
+        with torch.random.fork_rng(devices=[]):
+            self.cnn = train_cnn_extractor(judge.images, judge.labels, epochs=12, seed=seed)
+        self.f_train = self.cnn(self.x_train)
+        self.judge_acc = self._acc(self.x_held, self.y_held)
+        self.memo_ref = self._nn(self.x_held[: len(self.x_train)])
+
+    @torch.no_grad()
+    def _acc(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        m = self.cnn.model
+        return float((m.class_head(m.features(x.float())).argmax(1) == y).float().mean())
+
+    def _nn(self, x: torch.Tensor) -> float:
+        return float(torch.cdist(x.flatten(1).double(), self.x_train.flatten(1).double()).min(1).values.median())
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None) -> dict:
+        """images [N, 1, S, S] in [-1, 1], labels [N], masks [N, 1, S, S] bool; equal counts per class."""
+        n = len(self.x_train)
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]
+        pr = precision_recall(self.f_train, self.cnn(images[pick]), "judge-cnn")
+        out = {"cond_acc": self._acc(images, labels), "recall": pr["recall"], "precision": pr["precision"],
+               "memorisation_ratio": self._nn(images) / self.memo_ref}
+        if masks is not None:
+            lesion = labels == 1
+            nonempty = masks.flatten(1).any(1)
+            out["mask_nonempty_lesion"] = float(nonempty[lesion].float().mean())
+            out["mask_empty_healthy"] = float((~nonempty[~lesion]).float().mean())
+            out["mask_contrast"] = mask_contrast(images, masks)
+        return out
+
+    def oracle(self) -> dict:
+        """Held-out real images scored as if synthetic: the values every line is compared with."""
+        x, y, m = self.x_held, self.y_held, self.m_held > 0.5
+        real = self.score(x, y, m)
+        # control: each lesion image's mask moved onto the next lesion image (masks off their lesions)
+        les = torch.nonzero(y == 1).flatten()
+        moved = m.clone()
+        moved[les] = m[les.roll(1)]
+        real["mask_contrast_control"] = mask_contrast(x, moved)
+        return real
+
+
+@torch.no_grad()
+def sample(ckpt: Path, per_class: int = 100, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g, cfg = load_generator(ckpt)
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(cfg.num_classes).repeat_interleave(per_class)
+    out = g(torch.randn(len(y), cfg.z_dim, generator=gen), y).clamp(-1, 1)  # [N, 2, S, S]
+    return out[:, :1], y, out[:, 1:] > 0
+
+
+def run_arm(arm: str, steps: int, inst: Instrument, root: Path) -> dict:
+    cfg = arm_config(arm, steps)
+    run = root / arm
+    t0 = time.perf_counter()
+    train(cfg, run)
+    seconds = time.perf_counter() - t0
+    out = {"arm": arm, "steps": steps, "train_seconds": round(seconds, 1)}
+    for which in ("last", "best"):
+        try:
+            ckpt = select_checkpoint(run, which)
+        except Exception:  # noqa: BLE001 - an arm without probes has no best
+            continue
+        out[which] = {"checkpoint": ckpt.name, **inst.score(*sample(ckpt))}
+    probes = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if '"probe"' in line]
+    out["probe_recall_recorded"] = bool(probes) and all("probe/recall" in p for p in probes)
+    return out
+
+
+def _rows(results: list[dict], oracle: dict, inst: Instrument, quick: bool) -> list[dict]:
+    rows = []
+    for res in results:
+        for which in ("last", "best"):
+            if which not in res:
+                continue
+            r = res[which]
+            note = (f"{res['arm']} arm ({which} checkpoint {r['checkpoint']}), {res['steps']} steps, batch 32, base 16, "
+                    f"32 px, 50 real/class; train {res['train_seconds']} s on this CPU")
+            for key, base_key in (("mask_nonempty_lesion", "mask_nonempty_lesion"),
+                                  ("mask_empty_healthy", "mask_empty_healthy"),
+                                  ("mask_contrast", "mask_contrast"), ("recall", "recall"),
+                                  ("precision", "precision"), ("cond_acc", "cond_acc"),
+                                  ("memorisation_ratio", "memorisation_ratio")):
+                base = oracle[base_key]
+                rows.append({"name": f"{res['arm']}_{which}_{key}", "value": round(r[key], 4), "unit": "",
+                             "baseline": round(base, 4), "ratio": round(r[key] / base, 3) if base else None,
+                             "note": note + "; baseline = held-out real images through the same instrument"})
+    rows.append({"name": "instrument_judge_accuracy", "value": round(inst.judge_acc, 4), "unit": "",
+                 "note": "class accuracy of the judge CNN on 200 held-out real images (trained on 1,000 others)"})
+    rows.append({"name": "instrument_mask_contrast_control", "value": round(oracle["mask_contrast_control"], 4),
+                 "unit": "", "baseline": round(oracle["mask_contrast"], 4),
+                 "note": "real masks moved onto other lesion images: must be far below the real value"})
+    return rows
+
+
+def run(quick: bool = False, arms: tuple[str, ...] = ("new", "default"), steps: int | None = None) -> list[dict]:
+    torch.set_num_threads(1)
+    steps = steps or (QUICK_STEPS if quick else STEPS)
+    inst = Instrument()
+    oracle = inst.oracle()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run_arm(arm, steps, inst, Path(tmp)) for arm in arms]
+    print(json.dumps({"oracle": oracle, "judge_acc": inst.judge_acc, "arms": results}, indent=1))
+    return _rows(results, oracle, inst, quick)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--arms", default="new,default")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    for row in run(args.quick, tuple(args.arms.split(",")), args.steps):
+        print(row)
+    np.set_printoptions()
