@@ -17,8 +17,12 @@ then are judged by one instrument that never saw them train:
 Every figure is also computed for an oracle arm (held-out real images in place of synthetic ones), which
 must pass every line, so a failing line is the GAN's, not the instrument's.
 
-`python -m bench.bench_gan_quality [--steps N] [--arms new,default]`; `make bench BENCH_ARGS="--only
-gan_quality"` runs it with the defaults below (CPU budget: see the note of each row).
+`make bench BENCH_ARGS="--only gan_quality"` runs it (both arms, one after the other); on a shared machine run
+the arms as two processes and merge them:
+    python -m bench.bench_gan_quality --arms new --json-out /tmp/new.json &
+    python -m bench.bench_gan_quality --arms default --json-out /tmp/default.json
+    python -m bench.bench_gan_quality --write /tmp/new.json /tmp/default.json
+CPU budget: each row's note gives the steps and the training seconds of its arm on the machine it ran on.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from medgan.checkpoint import load_generator, select_checkpoint
@@ -48,7 +51,8 @@ STEPS, QUICK_STEPS = 1500, 150
 PREVIOUS_DEFAULT = dict(loss="hinge", diffaug="translation,cutout", r1_gamma=0.0, ada=False, ada_p=0.0,
                         mask_coupling="none")
 # The new defaults for small data (TrainConfig's own defaults carry the same values).
-NEW_DEFAULT = dict(loss="hinge", diffaug="", r1_gamma=0.2, r1_every=16, ada=True, mask_coupling="segmenter")
+NEW_DEFAULT = dict(loss="hinge", diffaug="translation,cutout", r1_gamma=0.2, r1_every=16, ada=True, ada_kimg=5.0,
+                   mask_coupling="segmenter")
 
 
 def arm_config(arm: str, steps: int) -> TrainConfig:
@@ -135,25 +139,42 @@ def run_arm(arm: str, steps: int, inst: Instrument, root: Path) -> dict:
     return out
 
 
-def _rows(results: list[dict], oracle: dict, inst: Instrument, quick: bool) -> list[dict]:
+def run(quick: bool = False, arms: tuple[str, ...] = ("new", "default"), steps: int | None = None) -> list[dict]:
+    torch.set_num_threads(1)
+    return _rows(measure(arms, steps or (QUICK_STEPS if quick else STEPS)))
+
+
+def measure(arms: tuple[str, ...], steps: int) -> dict:
+    """Train and judge each arm; the raw results (what the rows are made of) as one JSON-able dict."""
+    inst = Instrument()
+    oracle = inst.oracle()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run_arm(arm, steps, inst, Path(tmp)) for arm in arms]
+    raw = {"oracle": oracle, "judge_acc": inst.judge_acc, "arms": results}
+    print(json.dumps(raw, indent=1), flush=True)
+    return raw
+
+
+def _rows(raw: dict) -> list[dict]:
     rows = []
-    for res in results:
+    oracle = raw["oracle"]
+    for res in raw["arms"]:
         for which in ("last", "best"):
             if which not in res:
                 continue
             r = res[which]
-            note = (f"{res['arm']} arm ({which} checkpoint {r['checkpoint']}), {res['steps']} steps, batch 32, base 16, "
-                    f"32 px, 50 real/class; train {res['train_seconds']} s on this CPU")
-            for key, base_key in (("mask_nonempty_lesion", "mask_nonempty_lesion"),
-                                  ("mask_empty_healthy", "mask_empty_healthy"),
-                                  ("mask_contrast", "mask_contrast"), ("recall", "recall"),
-                                  ("precision", "precision"), ("cond_acc", "cond_acc"),
-                                  ("memorisation_ratio", "memorisation_ratio")):
-                base = oracle[base_key]
+            note = (f"{res['arm']} arm, {which} checkpoint ({r['checkpoint']}), {res['steps']} steps, batch 32, "
+                    f"base 16, 32 px, 50 real/class, train {res['train_seconds']} s; baseline: held-out real "
+                    "images through the same instrument")
+            for key in ("mask_nonempty_lesion", "mask_empty_healthy", "mask_contrast", "recall", "precision",
+                        "cond_acc", "memorisation_ratio"):
+                base = oracle[key]
                 rows.append({"name": f"{res['arm']}_{which}_{key}", "value": round(r[key], 4), "unit": "",
                              "baseline": round(base, 4), "ratio": round(r[key] / base, 3) if base else None,
-                             "note": note + "; baseline = held-out real images through the same instrument"})
-    rows.append({"name": "instrument_judge_accuracy", "value": round(inst.judge_acc, 4), "unit": "",
+                             "note": note})
+        rows.append({"name": f"{res['arm']}_probe_recall_recorded", "value": res["probe_recall_recorded"],
+                     "unit": "", "note": "every probe row of the run holds probe/recall"})
+    rows.append({"name": "instrument_judge_accuracy", "value": round(raw["judge_acc"], 4), "unit": "",
                  "note": "class accuracy of the judge CNN on 200 held-out real images (trained on 1,000 others)"})
     rows.append({"name": "instrument_mask_contrast_control", "value": round(oracle["mask_contrast_control"], 4),
                  "unit": "", "baseline": round(oracle["mask_contrast"], 4),
@@ -161,23 +182,41 @@ def _rows(results: list[dict], oracle: dict, inst: Instrument, quick: bool) -> l
     return rows
 
 
-def run(quick: bool = False, arms: tuple[str, ...] = ("new", "default"), steps: int | None = None) -> list[dict]:
-    torch.set_num_threads(1)
-    steps = steps or (QUICK_STEPS if quick else STEPS)
-    inst = Instrument()
-    oracle = inst.oracle()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = [run_arm(arm, steps, inst, Path(tmp)) for arm in arms]
-    print(json.dumps({"oracle": oracle, "judge_acc": inst.judge_acc, "arms": results}, indent=1))
-    return _rows(results, oracle, inst, quick)
+def write_benchmarks(raws: list[dict]) -> None:
+    """Merge arms measured in separate processes into BENCHMARKS.md's table (as `make bench` would)."""
+    import datetime as dt
+    import subprocess
+
+    from bench import run as bench_run
+
+    raw = {"oracle": raws[0]["oracle"], "judge_acc": raws[0]["judge_acc"],
+           "arms": [a for r in raws for a in r["arms"]]}
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=bench_run.ROOT).stdout.strip()
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC @{rev}"
+    path = bench_run.ROOT / "BENCHMARKS.md"
+    text = path.read_text()
+    head, rest = text.split(bench_run.AUTO_START, 1)
+    block = rest.split(bench_run.AUTO_END, 1)
+    table = bench_run.table({"gan_quality": _rows(raw)}, stamp, bench_run._old_rows(text))
+    old_table = "\n".join(l for l in block[0].splitlines() if l.startswith("|"))
+    path.write_text(head + bench_run.AUTO_START + block[0].replace(old_table, table) + bench_run.AUTO_END + block[1])
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--arms", default="new,default")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json-out", type=Path, help="also write the raw results here")
+    ap.add_argument("--write", nargs="+", type=Path, metavar="JSON",
+                    help="instead of measuring: merge raw results of separate runs into BENCHMARKS.md")
     args = ap.parse_args()
-    for row in run(args.quick, tuple(args.arms.split(",")), args.steps):
-        print(row)
-    np.set_printoptions()
+    if args.write:
+        write_benchmarks([json.loads(p.read_text()) for p in args.write])
+    else:
+        torch.set_num_threads(1)
+        raw = measure(tuple(args.arms.split(",")), args.steps)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(raw, indent=1))
+        for row in _rows(raw):
+            print(row)

@@ -23,7 +23,7 @@ from medgan.train import train
 def _cfg(steps: int) -> TrainConfig:
     return TrainConfig(model="cgan", image_size=32, base_channels=16, z_dim=64, batch_size=32, steps=steps,
                        checkpoint_every=max(1, steps // 2), sample_every=max(1, steps // 2), log_every=10,
-                       phantom=PhantomSpec(count=256, size=32))
+                       probes=False, phantom=PhantomSpec(count=256, size=32))
 
 
 def plain_loop(cfg: TrainConfig) -> float:
@@ -83,7 +83,7 @@ def run(quick: bool = False) -> list[dict]:
         n = steps * cfg.batch_size
         rows.append({"name": f"cgan_train_32px_{steps}_steps", "value": round(n / t_fw, 2), "unit": "imgs/s",
                      "baseline": round(n / t_plain, 2), "ratio": round(t_plain / t_fw, 3),
-                     "note": f"batch {cfg.batch_size}, base 16, CPU; train() incl. accelerator and data setup, "
+                     "note": f"batch {cfg.batch_size}, base 16, CPU; train() incl. accelerator and data setup, TensorBoard, "
                              f"a checkpoint and a sample grid every {cfg.checkpoint_every} steps, stats every "
                              f"{cfg.log_every}; baseline = plain loop of the same nets/losses/DiffAugment/EMA"})
     return rows

@@ -185,8 +185,10 @@ def train(
 
 @command(app, "generate", example="medgan generate --from 3f2a --count 1000 --class-counts 0=500,1=500 --shards 4")
 def generate(
-    source: Annotated[str, typer.Option("--from", help="the train job (id, unique prefix or name) whose newest "
+    source: Annotated[str, typer.Option("--from", help="the train job (id, unique prefix or name) whose "
                                                        "checkpoint samples")],
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help="which checkpoint: last (default), best (picked by the training probes) or step-N")] = None,
     count: Annotated[Optional[int], typer.Option(help="number of images")] = None,
     shards: Annotated[Optional[int], typer.Option(help="split into this many child jobs over all workers")] = None,
     seed: Annotated[Optional[int], typer.Option(help="sampling seed: image i depends only on (seed, i)")] = None,
@@ -211,7 +213,8 @@ def generate(
     if counts and count is None and "count" not in cfg:
         cfg["count"] = sum(counts.values())
     do_submit("generate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep, fields=dict(
-        source_job=source, shards=shards, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
+        source_job=source, checkpoint=checkpoint, shards=shards, gpus=gpus, priority=priority, name=name,
+        owner=owner, after=after))
 
 
 @command(app, "enhance", example="medgan enhance --input ./dark --reference ./normal --method lime")

@@ -9,8 +9,9 @@ by (seed, t, r), and the checkpoint holds G, D, EMA, both optimisers, the scaler
 N steps + resume + N steps equals 2N straight.
 
 Diagnostics in every stats row: D's mean logits on real and fake, ADA's p and r_t, gradient norms of
-G and D, the share of lesion-class fakes whose mask is non-empty (a dying mask channel is reported
-as it happens), and at every checkpoint the quality probes of medgan.probes.
+G and D, the share of lesion-class fakes whose mask is non-empty; a dying mask channel, a
+discriminator that wins outright or one that gives no signal are said in the log and the row as they
+happen; and at every checkpoint the quality probes of medgan.probes.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class GanTrainer:
             self.seg, self.seg_stats = fit_segmenter(data.images, data.masks, cfg.seed, cfg.mask_segmenter_steps,
                                                      device=dev)
             self.pos_weight = lesion_weight(data.masks)
-        self.mask_dead, self.last_r1 = False, torch.zeros(())
+        self.alerting: dict[str, bool] = {}  # which tick alerts are on (said once per change)
+        self.last_r1 = torch.zeros(())
         self.probes = None
         if cfg.probes and accelerator.is_main_process:
             from medgan.probes import Probes
@@ -197,19 +199,31 @@ class GanTrainer:
 
     # ------------------------------------------------------------------ the loop's hooks
 
-    def tick_alerts(self, row: dict) -> list[str]:
-        """Said once when the mask channel dies (and once when it comes back), from a stats row."""
+    def _conditions(self, row: dict) -> dict[str, tuple[bool, str]]:
+        """Named problems a stats row can show: (present?, what to say)."""
+        out = {}
         share = row.get("mask_nonempty")
-        if share is None or self.real_mask_share <= 0:
-            return []
-        dead = share < MASK_DEAD_RATIO * self.real_mask_share
-        if dead == self.mask_dead:
-            return []
-        self.mask_dead = dead
-        if dead:
-            return [f"mask channel dead: {share:.0%} of lesion-class fakes have a mask pixel "
-                    f"(real: {self.real_mask_share:.0%})"]
-        return [f"mask channel back: {share:.0%} of lesion-class fakes have a mask pixel"]
+        if share is not None and self.real_mask_share > 0:
+            out["mask channel dead"] = (share < MASK_DEAD_RATIO * self.real_mask_share,
+                                        f"{share:.0%} of lesion-class fakes have a mask pixel "
+                                        f"(real: {self.real_mask_share:.0%})")
+        gap = row["d_real"] - row["d_fake"]
+        if self.cfg.loss == "hinge":
+            out["discriminator wins outright"] = (row["loss_d"] < 1e-3, f"hinge margins met on every sample "
+                                                  f"(D(real) {row['d_real']:.2f}, D(fake) {row['d_fake']:.2f}): "
+                                                  "D gets no gradient; raise ADA/augmentation or R1")
+        out["discriminator gives no signal"] = (abs(gap) < 0.05 and abs(row["d_real"]) < 0.1,
+                                                f"D(real) {row['d_real']:.3f} ~ D(fake) {row['d_fake']:.3f} ~ 0")
+        return out
+
+    def tick_alerts(self, row: dict) -> list[str]:
+        """Said once when a problem appears in the stats rows (and once when it is gone)."""
+        msgs = []
+        for name, (present, detail) in self._conditions(row).items():
+            if present != self.alerting.get(name, False):
+                self.alerting[name] = present
+                msgs.append(f"{name}: {detail}" if present else f"cleared: {name}: {detail}")
+        return msgs
 
     def exports(self) -> dict[str, torch.nn.Module]:
         out = {EMA_NAME: self.ema, "generator": self.g}
@@ -222,11 +236,11 @@ class GanTrainer:
         return {EMA_NAME: self.ema, **({SEGMENTER_NAME: self.seg} if self.seg is not None else {})}
 
     def state_dict(self) -> dict:
-        return {"ada": self.ada.state_dict(), "mask_dead": self.mask_dead}
+        return {"ada": self.ada.state_dict(), "alerting": dict(self.alerting)}
 
     def load_state_dict(self, state: dict) -> None:
         self.ada.load_state_dict(state["ada"])
-        self.mask_dead = bool(state.get("mask_dead", False))
+        self.alerting = dict(state.get("alerting", {}))
 
     def probe(self, step: int) -> dict | None:
         return self.probes(self.ema, step) if self.probes is not None else None

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from medgan.config import EnhanceConfig, EvaluateConfig, GenerateConfig, TrainConfig
+from medgan.config import EnhanceConfig, EvaluateConfig, GenerateConfig, TrainConfig, parse_checkpoint_choice
 from scheduler import constants as C
 from scheduler.errors import SpecError
 
@@ -98,7 +98,9 @@ def _job_id(cls: type, v: str | None) -> str | None:
 class GenerateSpec(_Base):
     kind: Literal["generate"] = "generate"
     config: GenerateConfig = Field(default_factory=GenerateConfig)
-    source_job: str = Field(..., description="the train job whose newest checkpoint samples (`--from` on the CLI)")
+    source_job: str = Field(..., description="the train job whose checkpoint samples (`--from` on the CLI)")
+    checkpoint: str = Field("last", description="which checkpoint of source_job: last, best (the training "
+                            "probes' pick) or step-N")
     shards: int = Field(1, ge=1, le=10_000)
     shard_index: int | None = Field(None, ge=0, description="set on child jobs of a fan-out")
     _v_source = field_validator("source_job")(classmethod(_job_id))
@@ -109,6 +111,12 @@ class GenerateSpec(_Base):
         if isinstance(data, dict) and not data.get("source_job"):
             raise ValueError("a generate job needs source_job: the train job to sample from")
         return data
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, v: str) -> str:
+        parse_checkpoint_choice(v)  # ValueError names the accepted forms
+        return v.strip()
 
 
 class EnhanceSpec(_Base):

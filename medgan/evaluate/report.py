@@ -20,7 +20,7 @@ import numpy as np
 
 MAX_SAMPLE_STEPS = 6  # training sample grids shown, evenly spaced over the run
 MAX_GRID = 64  # synthetic images in a generate grid
-_IGNORED_STATS = {"step", "total", "time", "epoch"}
+_IGNORED_STATS = {"step", "total", "time", "epoch", "best_step"}
 
 
 def _plt():
@@ -194,11 +194,23 @@ def _train_section(d: Path) -> str:
         cfg = json.loads((d / "config.json").read_text())
         flat = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in cfg.items()]
         parts.append("<details><summary>config.json</summary>" + _table(["field", "value"], flat) + "</details>")
+    if (d / "best.json").is_file():
+        try:
+            best = json.loads((d / "best.json").read_text())
+            probes = {k: v for k, v in best.get("probes", {}).items() if isinstance(v, (int, float))}
+            parts.append(f"<h3>Best checkpoint by the training probes: step {best['step']}</h3>"
+                         + _table(["probe", "value"], [[k, round(v, 4)] for k, v in sorted(probes.items())]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a half-written best.json: the curves below still tell the story
     if (d / "stats.jsonl").is_file():
         rows = _read_stats(d / "stats.jsonl")
+        alerts = [[r["step"], a] for r in rows for a in (r.get("alerts") or []) if isinstance(a, str)]
+        if alerts:
+            parts.append(f"<h3>Alerts during training ({len(alerts)})</h3>" + _table(["step", "alert"], alerts))
         png = loss_curves_png(rows)
         if png:
-            parts.append(f"<h3>Training curves ({len(rows)} ticks)</h3>" + _img(png, "training curves"))
+            parts.append(f"<h3>Training curves ({len(rows)} ticks: losses, D(real)/D(fake), ADA p and r_t, "
+                         "gradient norms, probes)</h3>" + _img(png, "training curves"))
     samples = sorted((d / "samples").glob("step-*.png"), key=_step_of)
     if samples:
         pick = [samples[int(i)] for i in np.unique(np.linspace(0, len(samples) - 1, MAX_SAMPLE_STEPS).round())]

@@ -61,6 +61,8 @@ def test_help_is_fast_and_does_not_import_torch():
         (["jobs", "acct", "--by", "colour"], ["--by takes"]),
         (["jobs", "url", "jobs/0123456789ab/nothing.txt"], ["no object"]),
         (["enhance", "--input", ".", "--method", "esrgan"], ["needs source_job"]),
+        (["generate", "--from", "0123456789ab", "--checkpoint", "newest"], ["best, last or step-N"]),
+        (["generate", "--from", "0123456789ab", "--checkpoint", "step-x"], ["best, last or step-N"]),
         (["jobs", "show", "ffffffffffff"], ["no job"]),
         (["train", "--set", "nonsense"], ["key=value"]),
     ],

@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from medgan.pngio import read_png_text
 from scheduler.client import Client
 from tests.conftest import worker_process
 
@@ -45,10 +47,18 @@ def run_flow(settings, tmp_path) -> None:
         assert {"config.json", "stats.jsonl", "result.json", "train.log"} <= keys
         assert any(k.startswith("checkpoints/step-000004/") for k in keys)
         assert any(k.startswith("samples/") for k in keys)
+        assert any(k.startswith("tensorboard/") and "events.out.tfevents" in k for k in keys)
+        best = json.loads(client.store.get_bytes(f"jobs/{train['id']}/best.json"))
+        assert f"checkpoints/step-{best['step']:06d}/COMPLETE" in keys  # the best snapshot is stored
 
-        gen = client.submit("generate", source_job=train["id"], config={"count": 6, "seed": 3}, shards=2)
+        gen = client.submit("generate", source_job=train["id"], config={"count": 6, "seed": 3}, shards=2,
+                            checkpoint="best")
         gen = client.wait(gen["id"], timeout=300)
         assert gen["status"] == "SUCCEEDED", gen["message"]
+        first = client.store.get_bytes(f"jobs/{gen['id']}/images/shard-0000/000000.png")
+        (tmp_path / "first.png").write_bytes(first)
+        text = read_png_text(tmp_path / "first.png")
+        assert text["checkpoint"] == f"step-{best['step']:06d}" and text["checkpoint_choice"] == "best"
         manifest = client.store.get_bytes(f"jobs/{gen['id']}/manifest.csv").decode()
         rows = list(csv.DictReader(io.StringIO(manifest)))
         assert [int(r["index"]) for r in rows] == list(range(6))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from medgan.checkpoint import latest_checkpoint
+from medgan.checkpoint import latest_checkpoint, select_checkpoint
 from medgan.config import GenerateConfig, PhantomSpec, TrainConfig
 from medgan.errors import CheckpointError
 from medgan.generate import generate
@@ -18,7 +21,8 @@ from medgan.train import train
 def ckpt(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(model="cgan", image_size=16, base_channels=8, z_dim=16, batch_size=8, steps=2,
-                      with_masks=True, checkpoint_every=2, phantom=PhantomSpec(count=16, size=16))
+                      with_masks=True, checkpoint_every=2, mask_segmenter_steps=5, tensorboard=False,
+                      phantom=PhantomSpec(count=16, size=16))
     train(cfg, run)
     return latest_checkpoint(run)
 
@@ -67,3 +71,30 @@ def test_masks_and_errors(ckpt, tmp_path):
             generate(ckpt, tmp_path, GenerateConfig(count=2), 0, 2, {})
     finally:
         (ckpt / "COMPLETE.bak").rename(ckpt / "COMPLETE")
+
+
+@pytest.mark.parametrize("which, expect", [
+    ("last", "step-000002"), ("step-2", "step-000002"), ("step-000002", "step-000002"), ("best", "best"),
+    ("step-1", "has no complete checkpoint step-000001; it has step-000002"),
+    ("latest", "best, last or step-N"), ("", "best, last or step-N"), ("step-", "best, last or step-N"),
+    ("step--1", "best, last or step-N"), ("step-1e3", "best, last or step-N"), ("BEST!", "best, last or step-N"),
+])
+def test_select_checkpoint_by_name(ckpt, which, expect):
+    run = ckpt.parents[1]
+    if expect == "best":
+        best = json.loads((run / "best.json").read_text())["step"]
+        assert select_checkpoint(run, which).name == f"step-{best:06d}"
+    elif expect.startswith("step-"):
+        assert select_checkpoint(run, which).name == expect
+    else:
+        with pytest.raises((CheckpointError, ValueError), match=re.escape(expect)):
+            select_checkpoint(run, which)
+
+
+def test_best_needs_probes(tmp_path):
+    cfg = TrainConfig(model="cgan", image_size=16, base_channels=8, z_dim=16, batch_size=8, steps=1,
+                      probes=False, tensorboard=False, phantom=PhantomSpec(count=16, size=16))
+    train(cfg, tmp_path)
+    assert select_checkpoint(tmp_path, "last").name == "step-000001"
+    with pytest.raises(CheckpointError, match="no best snapshot"):
+        select_checkpoint(tmp_path, "best")

@@ -53,7 +53,7 @@ def test_cgan_with_masks_run_dir_layout(tmp_path):
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [2, 4, 6]
     diagnostics = {"total", "time", "loss_d", "loss_g", "imgs_per_s", "d_real", "d_fake", "grad_d", "grad_g",
-                   "ada_p", "mask_nonempty", "mask_px", "mask_follow_image", "mask_follow_mask"}
+                   "ada_p", "mask_nonempty", "mask_px", "mask_follow_image", "seg_px"}
     assert all(diagnostics <= set(r) for r in rows), [diagnostics - set(r) for r in rows]
     assert "r1" in rows[0] and "segmenter/dice_train" in rows[0]  # r1 on even steps; fit notes in row 1
     assert [s for s, _, _ in seen["progress"]] == [2, 4, 6]
@@ -183,3 +183,43 @@ def test_cli_bad_data_exit_2(tmp_path):
     assert proc.returncode == 2, out
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "failed" and "DataError" in result["reason"] and "no image files" in result["reason"]
+
+
+def _small_data_run(tmp_path, **kw):
+    cfg = tiny(with_masks=True, mask_coupling="segmenter", ada=True, r1_gamma=0.2, diffaug="", steps=24,
+               checkpoint_every=8, sample_every=24, log_every=4, mask_segmenter_steps=60, probe_samples=16,
+               tensorboard=False, **kw)
+    return cfg, train(cfg, tmp_path)
+
+
+def test_short_run_keeps_its_mask_channel_and_records_recall(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="medgan.train")
+    _small_data_run(tmp_path)
+    probes = _rows(tmp_path, "probe")
+    assert [p["step"] for p in probes] == [8, 16, 24]
+    assert all(isinstance(p["probe/recall"], float) and isinstance(p["probe/recall_real"], float) for p in probes)
+    alerts = [a for r in _rows(tmp_path) + probes for a in r.get("alerts", [])]
+    assert not [a for a in alerts if a.startswith("mask channel dead")], alerts
+    assert probes[-1]["probe/mask_nonempty_lesion"] >= 0.5  # the phantom: every lesion image has a mask
+    assert not [r for r in caplog.records if "mask channel dead" in r.getMessage()]
+
+
+def test_a_dead_mask_channel_is_reported_as_it_happens(tmp_path, monkeypatch, caplog):
+    """The control: the same run with its mask output forced off must say so in stats and log."""
+    from medgan.models.cgan import ResGenerator
+
+    real_forward = ResGenerator.forward
+
+    def dead_mask(self, z, y, logits=False):
+        out = real_forward(self, z, y, logits=True)
+        out = torch.cat([out[:, :1], torch.full_like(out[:, 1:], -20.0) + 0 * out[:, 1:]], 1)
+        return out if logits else torch.tanh(out)
+
+    monkeypatch.setattr(ResGenerator, "forward", dead_mask)
+    caplog.set_level("WARNING", logger="medgan.train")
+    _small_data_run(tmp_path)
+    ticks, probes = _rows(tmp_path), _rows(tmp_path, "probe")
+    assert ticks[0]["mask_nonempty"] == 0.0 and any("mask channel dead" in a for a in ticks[0]["alerts"])
+    assert all(p["probe/mask_nonempty_lesion"] == 0.0 and any("mask channel dead" in a for a in p["alerts"])
+               for p in probes)
+    assert any("mask channel dead" in r.getMessage() for r in caplog.records)

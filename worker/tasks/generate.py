@@ -1,4 +1,4 @@
-"""`generate` jobs: sample a range of images from a train job's newest checkpoint.
+"""`generate` jobs: sample a range of images from a train job's checkpoint (`checkpoint`: last, best, step-N).
 
 A fan-out child writes its shard under the parent's prefix; image i depends only on
 (checkpoint, seed, i), so the shards of N workers equal one worker's run byte for byte.
@@ -30,7 +30,7 @@ def handle(run: JobRun) -> None:
     spec = run.spec
     if spec.source_job is None:
         raise JobFailed("a generate job needs --from <train job id>")
-    ckpt = fetch_checkpoint(run, spec.source_job, run.work_dir / "checkpoint")
+    ckpt = fetch_checkpoint(run, spec.source_job, run.work_dir / "checkpoint", spec.checkpoint)
     if run.shard_index is not None:
         start, stop = shard_range(spec.config.count, spec.shards, run.shard_index)
     else:
@@ -40,6 +40,7 @@ def handle(run: JobRun) -> None:
         "job": run.parent_id or run.job_id,
         "source_job": spec.source_job,
         "checkpoint": ckpt.name,
+        "checkpoint_choice": spec.checkpoint,
         "checkpoint_sha256": _tree_sha256(ckpt),
         "seed": str(spec.config.seed),
     }

@@ -3,6 +3,7 @@ on the leased cards, stream progress, upload checkpoints as they complete, then 
 
 from __future__ import annotations
 
+import json
 import logging
 
 from worker.launcher import accelerate_command, free_port
@@ -24,27 +25,51 @@ def handle(run: JobRun) -> None:
     data_dir = run.dataset(spec.dataset) if spec.dataset else None
 
     uploaded: set[str] = set()
+    tb_sizes: dict[str, int] = {}
+
+    def upload_checkpoint(ckpt) -> None:
+        if ckpt.name in uploaded or not (ckpt / "COMPLETE").is_file():
+            return
+        try:
+            # COMPLETE goes last, so a checkpoint in the store without it is never used.
+            run.upload_tree(ckpt, f"{run.prefix}/checkpoints/{ckpt.name}", "checkpoint",
+                            skip=lambda p: p.name == "COMPLETE")
+            run.upload(ckpt / "COMPLETE", f"{run.prefix}/checkpoints/{ckpt.name}/COMPLETE", "checkpoint")
+            uploaded.add(ckpt.name)
+        except FileNotFoundError:
+            log.info("checkpoint %s was pruned while uploading; the next one will be", ckpt.name)
 
     def upload_new() -> None:
         # Only the newest complete checkpoint matters for a resume, and the trainer prunes old ones
         # (keep_checkpoints) while we read: upload the newest; one pruned under us waits for the next.
+        # The best snapshot (best.json, never pruned by the trainer) goes up too, for generate --checkpoint best.
         ckpts = run_dir / "checkpoints"
         markers = sorted(ckpts.glob("step-*/COMPLETE")) if ckpts.exists() else []
-        if markers and markers[-1].parent.name not in uploaded:
-            ckpt = markers[-1].parent
+        if markers:
+            upload_checkpoint(markers[-1].parent)
+        best = run_dir / "best.json"
+        if best.is_file():
             try:
-                # COMPLETE goes last, so a checkpoint in the store without it is never used.
-                run.upload_tree(ckpt, f"{run.prefix}/checkpoints/{ckpt.name}", "checkpoint",
-                                skip=lambda p: p.name == "COMPLETE")
-                run.upload(markers[-1], f"{run.prefix}/checkpoints/{ckpt.name}/COMPLETE", "checkpoint")
-                uploaded.add(ckpt.name)
-            except FileNotFoundError:
-                log.info("checkpoint %s was pruned while uploading; the next one will be", ckpt.name)
+                step = int(json.loads(best.read_text())["step"])
+            except (OSError, ValueError, KeyError):
+                step = None  # being rewritten: the next tick sees it whole
+            if step is not None and (ckpts / f"step-{step:06d}").is_dir():
+                upload_checkpoint(ckpts / f"step-{step:06d}")
+                if f"step-{step:06d}" in uploaded:  # best.json never names a checkpoint the store lacks
+                    run.upload(best, f"{run.prefix}/best.json", "best")
         samples = run_dir / "samples"
         for png in sorted(samples.glob("*.png")) if samples.exists() else []:
             if png.name not in uploaded:
                 run.upload(png, f"{run.prefix}/samples/{png.name}", "sample")
                 uploaded.add(png.name)
+        # TensorBoard event files grow while training: re-upload one whenever its size changed
+        tb = run_dir / "tensorboard"
+        for ev in sorted(tb.rglob("events.out.tfevents.*")) if tb.exists() else []:
+            rel = ev.relative_to(run_dir).as_posix()
+            size = ev.stat().st_size
+            if tb_sizes.get(rel) != size:
+                run.upload(ev, f"{run.prefix}/{rel}", "tensorboard")
+                tb_sizes[rel] = size
 
     nproc = max(1, len(run.cards))
     args = ["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir)]
