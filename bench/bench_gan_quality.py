@@ -40,12 +40,19 @@ from medgan.config import PhantomSpec, TrainConfig
 from medgan.data import phantom_dataset
 from medgan.evaluate.distance import precision_recall
 from medgan.evaluate.features import train_cnn_extractor
+from medgan.coupling import fit_segmenter
 from medgan.probes import mask_contrast
+
+
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice of two boolean mask sets, pooled over all pixels (1 when both are empty)."""
+    inter, total = (a & b).sum().item(), a.sum().item() + b.sum().item()
+    return 2 * inter / total if total else 1.0
 from medgan.train import train
 
 SIZE, PER_CLASS = 32, 50
 TRAIN_SPEC = PhantomSpec(count=2 * PER_CLASS, size=SIZE, seed=0)  # the pipeline's training set
-STEPS, QUICK_STEPS = 1500, 150
+STEPS, QUICK_STEPS = 480, 120
 
 # What the pipeline trained before this benchmark existed: the TrainConfig defaults of that time.
 PREVIOUS_DEFAULT = dict(loss="hinge", diffaug="translation,cutout", r1_gamma=0.0, ada=False, ada_p=0.0,
@@ -72,7 +79,9 @@ class Instrument:
         self.x_train, self.y_train = train_real.images, train_real.labels
         self.x_held, self.y_held, self.m_held = held.images, held.labels, held.masks
         with torch.random.fork_rng(devices=[]):
-            self.cnn = train_cnn_extractor(judge.images, judge.labels, epochs=12, seed=seed)
+            self.cnn = train_cnn_extractor(judge.images, judge.labels, epochs=30, seed=seed)
+        # its own lesion segmenter, fitted on the judge's 1,000 images (not the GAN's; another seed than any run)
+        self.seg, _ = fit_segmenter(judge.images, judge.masks, seed=seed + 9001, steps=400)
         self.f_train = self.cnn(self.x_train)
         self.judge_acc = self._acc(self.x_held, self.y_held)
         self.memo_ref = self._nn(self.x_held[: len(self.x_train)])
@@ -98,6 +107,9 @@ class Instrument:
             out["mask_nonempty_lesion"] = float(nonempty[lesion].float().mean())
             out["mask_empty_healthy"] = float((~nonempty[~lesion]).float().mean())
             out["mask_contrast"] = mask_contrast(images, masks)
+            with torch.no_grad():
+                seen = self.seg(images.float()) > 0  # [N, 1, S, S] lesions the judge's segmenter sees
+            out["mask_dice"] = dice(masks, seen)
         return out
 
     def oracle(self) -> dict:
@@ -109,6 +121,8 @@ class Instrument:
         moved = m.clone()
         moved[les] = m[les.roll(1)]
         real["mask_contrast_control"] = mask_contrast(x, moved)
+        with torch.no_grad():
+            real["mask_dice_control"] = dice(moved, self.seg(x.float()) > 0)
         return real
 
 
@@ -144,12 +158,12 @@ def run(quick: bool = False, arms: tuple[str, ...] = ("new", "default"), steps: 
     return _rows(measure(arms, steps or (QUICK_STEPS if quick else STEPS)))
 
 
-def measure(arms: tuple[str, ...], steps: int) -> dict:
-    """Train and judge each arm; the raw results (what the rows are made of) as one JSON-able dict."""
+def measure(arms: tuple[str, ...], steps: int, keep: Path | None = None) -> dict:
+    """Train and judge each arm (runs kept under `keep` if given); the raw results as one JSON-able dict."""
     inst = Instrument()
     oracle = inst.oracle()
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_arm(arm, steps, inst, Path(tmp)) for arm in arms]
+        results = [run_arm(arm, steps, inst, Path(keep or tmp)) for arm in arms]
     raw = {"oracle": oracle, "judge_acc": inst.judge_acc, "arms": results}
     print(json.dumps(raw, indent=1), flush=True)
     return raw
@@ -166,19 +180,24 @@ def _rows(raw: dict) -> list[dict]:
             note = (f"{res['arm']} arm, {which} checkpoint ({r['checkpoint']}), {res['steps']} steps, batch 32, "
                     f"base 16, 32 px, 50 real/class, train {res['train_seconds']} s; baseline: held-out real "
                     "images through the same instrument")
-            for key in ("mask_nonempty_lesion", "mask_empty_healthy", "mask_contrast", "recall", "precision",
-                        "cond_acc", "memorisation_ratio"):
+            for key in ("mask_nonempty_lesion", "mask_empty_healthy", "mask_dice", "mask_contrast", "recall",
+                        "precision", "cond_acc", "memorisation_ratio"):
                 base = oracle[key]
-                rows.append({"name": f"{res['arm']}_{which}_{key}", "value": round(r[key], 4), "unit": "",
-                             "baseline": round(base, 4), "ratio": round(r[key] / base, 3) if base else None,
+                value = r[key] if r[key] == r[key] else None  # NaN: no sample had a mask
+                rows.append({"name": f"{res['arm']}_{which}_{key}", "value": None if value is None else round(value, 4),
+                             "unit": "",
+                             "baseline": round(base, 4),
+                             "ratio": round(value / base, 3) if base and value is not None else None,
                              "note": note})
         rows.append({"name": f"{res['arm']}_probe_recall_recorded", "value": res["probe_recall_recorded"],
                      "unit": "", "note": "every probe row of the run holds probe/recall"})
     rows.append({"name": "instrument_judge_accuracy", "value": round(raw["judge_acc"], 4), "unit": "",
                  "note": "class accuracy of the judge CNN on 200 held-out real images (trained on 1,000 others)"})
-    rows.append({"name": "instrument_mask_contrast_control", "value": round(oracle["mask_contrast_control"], 4),
-                 "unit": "", "baseline": round(oracle["mask_contrast"], 4),
-                 "note": "real masks moved onto other lesion images: must be far below the real value"})
+    for key in ("mask_dice", "mask_contrast"):
+        rows.append({"name": f"instrument_{key}_control", "value": round(oracle[f"{key}_control"], 4), "unit": "",
+                     "baseline": round(oracle[key], 4), "ratio": round(oracle[f"{key}_control"] / oracle[key], 3),
+                     "note": "real masks moved onto other lesion images (off their lesions): must be far below "
+                             "the real value (baseline)"})
     return rows
 
 
@@ -208,6 +227,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--arms", default="new,default")
     ap.add_argument("--json-out", type=Path, help="also write the raw results here")
+    ap.add_argument("--keep", type=Path, help="keep the runs (checkpoints, stats, grids) under this folder")
     ap.add_argument("--write", nargs="+", type=Path, metavar="JSON",
                     help="instead of measuring: merge raw results of separate runs into BENCHMARKS.md")
     args = ap.parse_args()
@@ -215,7 +235,7 @@ if __name__ == "__main__":
         write_benchmarks([json.loads(p.read_text()) for p in args.write])
     else:
         torch.set_num_threads(1)
-        raw = measure(tuple(args.arms.split(",")), args.steps)
+        raw = measure(tuple(args.arms.split(",")), args.steps, args.keep)
         if args.json_out:
             args.json_out.write_text(json.dumps(raw, indent=1))
         for row in _rows(raw):

@@ -15,7 +15,8 @@ real-vs-real reference of the same size computed the same way:
   divided by the same median for B's real images. Near 1 is healthy; well below 1 means copies.
 
 `score` (higher is better; picks the best snapshot) is the mean of min(1, recall / reference recall),
-the conditioning accuracy and, with masks, the mask-presence accuracy and min(1, contrast / reference),
+the conditioning accuracy and, with masks, the mask-presence accuracy and min(r, 1 / r) of the contrast
+ratio r = contrast / reference,
 halved when the memorisation ratio falls under 0.5. `alerts` name collapses as they happen.
 """
 
@@ -136,8 +137,9 @@ class Probes:
             out["mask_empty_other"] = float((~nonempty[~lesion]).float().mean()) if (~lesion).any() else float("nan")
             out["mask_contrast"], out["mask_contrast_real"] = mask_contrast(img, mask), self.contrast_ref
             presence = np.nanmean([out["mask_nonempty_lesion"], out["mask_empty_other"]])
-            agreement = out["mask_contrast"] / self.contrast_ref if self.contrast_ref > 0 else float("nan")
-            parts += [float(presence), 0.0 if math.isnan(agreement) else min(1.0, agreement)]
+            ratio = out["mask_contrast"] / self.contrast_ref if self.contrast_ref > 0 else float("nan")
+            # too little contrast (masks off the lesions) and far too much (masks on every edge) both miss
+            parts += [float(presence), 0.0 if math.isnan(ratio) or ratio <= 0 else min(ratio, 1 / ratio)]
             if lesion.any() and out["mask_nonempty_lesion"] < 0.5 * self.real_nonempty:
                 alerts.append(f"mask channel dead: {out['mask_nonempty_lesion']:.0%} of lesion-class samples "
                               f"have a mask (real: {self.real_nonempty:.0%})")

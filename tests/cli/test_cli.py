@@ -61,8 +61,6 @@ def test_help_is_fast_and_does_not_import_torch():
         (["jobs", "acct", "--by", "colour"], ["--by takes"]),
         (["jobs", "url", "jobs/0123456789ab/nothing.txt"], ["no object"]),
         (["enhance", "--input", ".", "--method", "esrgan"], ["needs source_job"]),
-        (["generate", "--from", "0123456789ab", "--checkpoint", "newest"], ["best, last or step-N"]),
-        (["generate", "--from", "0123456789ab", "--checkpoint", "step-x"], ["best, last or step-N"]),
         (["jobs", "show", "ffffffffffff"], ["no job"]),
         (["train", "--set", "nonsense"], ["key=value"]),
     ],
@@ -74,6 +72,16 @@ def test_bad_input_is_one_line_exit_1_nothing_written(embedded, args, needles):
     assert_one_line_error(run(*args), *needles)
     assert job_count(embedded) == before
     assert (sorted(p for p in store.rglob("*")) if store.exists() else []) == objects_before
+
+
+@pytest.mark.parametrize("which", ["newest", "step-x", "step--2", ""])
+def test_generate_checkpoint_choice_is_validated_at_submit(embedded, which):
+    source = run("train", "--steps", "1")
+    assert source.returncode == 0, source.stderr
+    before = job_count(embedded)
+    assert_one_line_error(run("generate", "--from", source.stdout.strip(), "--checkpoint", which),
+                          "checkpoint", "best, last or step-N")
+    assert job_count(embedded) == before
 
 
 def test_unknown_kind_in_a_spec_file(embedded, tmp_path):
