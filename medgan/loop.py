@@ -182,7 +182,8 @@ def run_training(tr: Trainer, run_dir: Path, callbacks: Callbacks, notes: dict[s
             tr.sample(grid)
             tracker.image("samples", grid, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopped:
-            _probe(tr, step, best, run_dir, tracker)
+            if not stopped:  # a stop (SIGTERM, preemption) checkpoints at once; probes would delay it
+                _probe(tr, step, best, run_dir, tracker)
             _save(tr, run_dir, step, callbacks, notes, best)
             last_saved = step
         if stopped:
