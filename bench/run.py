@@ -23,7 +23,7 @@ AUTO_START = "<!-- bench:auto:start -->"
 AUTO_END = "<!-- bench:auto:end -->"
 
 
-def machine() -> str:
+def machine(load: float) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -36,7 +36,8 @@ def machine() -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, {gpu}")
+            f"{platform.python_version()}, torch {torch.__version__}, {gpu}; load average {load:.1f} when the run "
+            f"started (the machine is shared: ratios within one run are the figures to read)")
 
 
 HEADER = ["benchmark", "figure", "value", "unit", "baseline", "ratio", "measured", "note"]
@@ -81,8 +82,12 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[])
     args = ap.parse_args()
     names = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
+    unknown = [o for o in args.only if o not in names and f"bench_{o}" not in names]
+    if unknown:
+        ap.error(f"no benchmark {', '.join(unknown)}; there are {', '.join(n.removeprefix('bench_') for n in names)}")
     if args.only:
         names = [n for n in names if n in args.only or n.removeprefix("bench_") in args.only]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # before our own work adds to it
     results: dict[str, list[dict]] = {}
     failed = []
     for name in names:
@@ -101,7 +106,7 @@ def main() -> int:
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC{' quick' if args.quick else ''} @{rev or '?'}"
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    block = (f"{AUTO_START}\n## Figures\n\nMachine of the latest run: {machine()}\n\n"
+    block = (f"{AUTO_START}\n## Figures\n\nMachine of the latest run: {machine(load)}\n\n"
              f"{table(results, stamp, _old_rows(text))}\n\n{'Failed: ' + ', '.join(failed) if failed else ''}\n"
              f"{AUTO_END}")
     if AUTO_START in text:

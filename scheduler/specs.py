@@ -6,7 +6,9 @@ inputs (dataset keys, the job whose checkpoint to use), resources, priority, own
 
 from __future__ import annotations
 
+import functools
 import getpass
+import os
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -22,6 +24,13 @@ SWEEP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def _default_owner() -> str:
+    # getpass.getuser() reads these variables, then the passwd file: once per value, not once per spec
+    # (a bulk submission validates thousands).
+    return _owner(tuple(os.environ.get(k) for k in ("LOGNAME", "USER", "LNAME", "USERNAME")))
+
+
+@functools.lru_cache(maxsize=16)
+def _owner(_env: tuple[str | None, ...]) -> str:
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers
