@@ -77,7 +77,8 @@ def show(job_id: JobId, json_: Json = False) -> None:
 
         table.add_row("read", read_line(job["read"]))
     if job.get("children"):
-        table.add_row("shards", ", ".join(f"{k}: {v}" for k, v in sorted(job["children"].items())))
+        label = "sweep jobs" if (job.get("spec") or {}).get("sweep") else "shards"
+        table.add_row(label, ", ".join(f"{k}: {v}" for k, v in sorted(job["children"].items())))
     console.print(table)
     events = Table(title="events")
     for col in ("at", "from", "to", "actor", "reason"):
