@@ -62,8 +62,11 @@ NEW_DEFAULT = dict(loss="hinge", diffaug="translation,cutout", r1_gamma=0.2, r1_
                    mask_coupling="segmenter")
 
 
+VARIANTS: dict[str, dict] = {}  # --variant NAME:key=value,... adds an arm: the new defaults with changes
+
+
 def arm_config(arm: str, steps: int) -> TrainConfig:
-    extra = {"default": PREVIOUS_DEFAULT, "new": NEW_DEFAULT}[arm]
+    extra = {"default": PREVIOUS_DEFAULT, "new": NEW_DEFAULT}.get(arm) or {**NEW_DEFAULT, **VARIANTS[arm]}
     return TrainConfig(model="cgan", image_size=SIZE, with_masks=True, steps=steps, batch_size=32, base_channels=16,
                        z_dim=64, checkpoint_every=max(1, steps // 6), sample_every=max(1, steps // 6),
                        log_every=max(1, steps // 60), keep_checkpoints=2, phantom=TRAIN_SPEC, **extra)
@@ -230,7 +233,12 @@ if __name__ == "__main__":
     ap.add_argument("--keep", type=Path, help="keep the runs (checkpoints, stats, grids) under this folder")
     ap.add_argument("--write", nargs="+", type=Path, metavar="JSON",
                     help="instead of measuring: merge raw results of separate runs into BENCHMARKS.md")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...",
+                    help="an extra arm: the new defaults with these TrainConfig values (JSON values)")
     args = ap.parse_args()
+    for spec in args.variant:
+        name, _, pairs = spec.partition(":")
+        VARIANTS[name] = {k: json.loads(v) for k, v in (p.split("=", 1) for p in pairs.split(",") if p)}
     if args.write:
         write_benchmarks([json.loads(p.read_text()) for p in args.write])
     else:

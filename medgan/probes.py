@@ -14,9 +14,9 @@ real-vs-real reference of the same size computed the same way:
 - memorisation: the median distance (pixels) from each synthetic image to its nearest real image in A,
   divided by the same median for B's real images. Near 1 is healthy; well below 1 means copies.
 
-`score` (higher is better; picks the best snapshot) is the mean of min(1, recall / reference recall),
-the conditioning accuracy and, with masks, the mask-presence accuracy and min(r, 1 / r) of the contrast
-ratio r = contrast / reference,
+`score` (higher is better; picks the best snapshot) is the geometric mean of min(1, recall / reference
+recall), the conditioning accuracy and, with masks, the mask-presence accuracy and min(a, 1 / a) for the
+mask area ratio a = (mask pixel share) / (real share): masks everywhere score as badly as none. It is
 halved when the memorisation ratio falls under 0.5. `alerts` name collapses as they happen.
 """
 
@@ -85,6 +85,7 @@ class Probes:
         self.masks = cfg.with_masks and data.masks is not None
         if self.masks:
             self.contrast_ref = mask_contrast(self.xb, data.masks[~a] > 0.5)
+            self.px_ref = float((data.masks > 0.5).float().mean())  # share of mask pixels in the real data
             nonempty = (data.masks.flatten(1).amax(1) > 0.5).float()
             share = torch.zeros(cfg.num_classes).index_add_(0, y, nonempty)
             self.lesion = share / torch.bincount(y, minlength=cfg.num_classes).clamp(min=1) >= 0.5  # [K]
@@ -137,13 +138,15 @@ class Probes:
             out["mask_empty_other"] = float((~nonempty[~lesion]).float().mean()) if (~lesion).any() else float("nan")
             out["mask_contrast"], out["mask_contrast_real"] = mask_contrast(img, mask), self.contrast_ref
             presence = np.nanmean([out["mask_nonempty_lesion"], out["mask_empty_other"]])
-            ratio = out["mask_contrast"] / self.contrast_ref if self.contrast_ref > 0 else float("nan")
-            # too little contrast (masks off the lesions) and far too much (masks on every edge) both miss
-            parts += [float(presence), 0.0 if math.isnan(ratio) or ratio <= 0 else min(ratio, 1 / ratio)]
+            out["mask_px"], out["mask_px_real"] = float(mask.float().mean()), self.px_ref
+            # masks everywhere and masks nowhere both miss: the area must match the real masks' (either way)
+            area = out["mask_px"] / self.px_ref if self.px_ref > 0 else float("nan")
+            parts += [float(presence), 0.0 if math.isnan(area) or area <= 0 else min(area, 1 / area)]
             if lesion.any() and out["mask_nonempty_lesion"] < 0.5 * self.real_nonempty:
                 alerts.append(f"mask channel dead: {out['mask_nonempty_lesion']:.0%} of lesion-class samples "
                               f"have a mask (real: {self.real_nonempty:.0%})")
-        score = float(np.mean(parts)) * (0.5 if memo < MEMO_RATIO_MIN else 1.0)
+        # geometric mean: one broken part (no recall, no masks) sinks the score; 0.01 floors a zero part
+        score = float(np.exp(np.mean(np.log(np.maximum(parts, 0.01))))) * (0.5 if memo < MEMO_RATIO_MIN else 1.0)
         if self.best_recall >= RECALL_COLLAPSE * self.ref["recall"] and pr["recall"] < 0.5 * self.best_recall:
             alerts.append(f"recall collapsed: {pr['recall']:.2f} (real-vs-real {self.ref['recall']:.2f}, "
                           f"best so far {self.best_recall:.2f})")
