@@ -73,7 +73,14 @@ def test_cgan_with_masks_run_dir_layout(tmp_path):
         assert im.mode == "RGB" and "SYNTHETIC" in im.text
         grid = np.asarray(im)
     assert grid.shape[0] > 2 * 48 and grid.shape[1] > 2 * 6 * 48  # two class rows, real + synthetic halves
-    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    # what `tensorboard --logdir RUN/tensorboard` shows: the diagnostics, the probes and the grids
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [p for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*") if p.parent.name == "tensorboard"]
+    acc = EventAccumulator(str(events[0]), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert {"loss_d", "d_real", "ada_p", "grad_g", "mask_nonempty", "probe/recall"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("loss_d")] == [2, 4, 6]
+    assert [e.step for e in acc.Images("samples")] == [3, 6]
     g, loaded_cfg = load_generator(tmp_path / "checkpoints" / "step-000006")
     assert loaded_cfg == cfg
     out = g(torch.randn(3, 16), torch.tensor([0, 1, 1]))
