@@ -9,7 +9,7 @@ then are judged by one instrument that never saw them train:
 - recall / precision (k = 3, medgan.evaluate.distance) of 100 synthetic images against the 100 training
   images, beside the real-vs-real value (100 held-out real images, seed 2, against the same training set);
 - masks: share of lesion-class samples with a non-empty mask, share of healthy samples with an empty one,
-  and mask/lesion agreement as the contrast the mask marks (medgan.probes.mask_contrast) beside the real
+  and mask/lesion agreement as the contrast the mask marks (medgan.evaluate.sanity.mask_contrast) beside the real
   masks' value on the held-out images; a control moves each real mask to another image (a mask that does
   not sit on a lesion), which must score far lower;
 - memorisation: median pixel distance of synthetic images to their nearest training image over the same
@@ -41,7 +41,13 @@ from medgan.data import phantom_dataset
 from medgan.evaluate.distance import precision_recall
 from medgan.evaluate.features import train_cnn_extractor
 from medgan.coupling import fit_segmenter
-from medgan.probes import mask_contrast
+from medgan.evaluate import sanity
+
+
+def mask_contrast(images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean over images with a mask of sanity.mask_contrast (the contrast a mask marks); NaN if none has one."""
+    per_image = sanity.mask_contrast(images, masks.float())
+    return float(per_image.mean()) if len(per_image) else float("nan")
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -188,12 +194,13 @@ def _rows(raw: dict) -> list[dict]:
                         "precision", "cond_acc", "memorisation_ratio"):
                 base = oracle[key]
                 value = r[key] if r[key] == r[key] else None  # NaN: no sample had a mask
-                rows.append({"name": f"{res['arm']}_{which}_{key}", "value": None if value is None else round(value, 4),
+                rows.append({"name": f"{res['arm']}_{res['steps']}_{which}_{key}",
+                             "value": None if value is None else round(value, 4),
                              "unit": "",
                              "baseline": round(base, 4),
                              "ratio": round(value / base, 3) if base and value is not None else None,
                              "note": note})
-        rows.append({"name": f"{res['arm']}_probe_recall_recorded", "value": res["probe_recall_recorded"],
+        rows.append({"name": f"{res['arm']}_{res['steps']}_probe_recall_recorded", "value": res["probe_recall_recorded"],
                      "unit": "", "note": "every probe row of the run holds probe/recall"})
     rows.append({"name": "instrument_judge_accuracy", "value": round(raw["judge_acc"], 4), "unit": "",
                  "note": "class accuracy of the judge CNN on 200 held-out real images (trained on 1,000 others)"})

@@ -80,6 +80,8 @@ class TrainConfig(_Frozen):
     mask_segmenter_steps: int = Field(300, ge=1, le=100_000, description="fit steps of the coupling's segmenter")
     probes: bool = Field(True, description="quality probes on a fixed sample at every checkpoint (GAN runs)")
     probe_samples: int = Field(100, ge=8, le=10_000, description="synthetic images per class for the probes")
+    probe_judge_steps: int = Field(400, ge=1, le=100_000,
+                                   description="training steps of each probe judge (medgan.evaluate.sanity)")
     tensorboard: bool = Field(True, description="log scalars and sample grids to RUN/tensorboard")
     checkpoint_every: int = Field(100, ge=1)
     sample_every: int = Field(100, ge=1)

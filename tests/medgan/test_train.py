@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny(**kw) -> TrainConfig:
     base = dict(model="cgan", image_size=16, base_channels=8, z_dim=16, batch_size=8, steps=6,
                 checkpoint_every=2, sample_every=3, log_every=2, keep_checkpoints=2, mask_segmenter_steps=10,
+                probe_judge_steps=20,
                 phantom=PhantomSpec(count=16, size=16))
     return TrainConfig(**{**base, **kw})
 
@@ -78,7 +79,8 @@ def test_cgan_with_masks_run_dir_layout(tmp_path):
 
     events = [p for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*") if p.parent.name == "tensorboard"]
     acc = EventAccumulator(str(events[0]), size_guidance={"images": 0, "scalars": 0}).Reload()
-    assert {"loss_d", "d_real", "ada_p", "grad_g", "mask_nonempty", "probe/recall"} <= set(acc.Tags()["scalars"])
+    wanted = {"loss_d", "d_real", "ada_p", "grad_g", "mask_nonempty", "probe/score", "probe/cond_acc"}
+    assert wanted <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("loss_d")] == [2, 4, 6]
     assert [e.step for e in acc.Images("samples")] == [3, 6]
     g, loaded_cfg = load_generator(tmp_path / "checkpoints" / "step-000006")
@@ -195,6 +197,7 @@ def test_cli_bad_data_exit_2(tmp_path):
 def _small_data_run(tmp_path, **kw):
     cfg = tiny(with_masks=True, mask_coupling="segmenter", ada=True, r1_gamma=0.2, diffaug="", steps=24,
                checkpoint_every=8, sample_every=24, log_every=4, mask_segmenter_steps=60, probe_samples=16,
+               probe_judge_steps=30, phantom=PhantomSpec(count=40, size=16),
                tensorboard=False, **kw)
     return cfg, train(cfg, tmp_path)
 
