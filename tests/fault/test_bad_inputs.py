@@ -204,15 +204,26 @@ def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path,
 
 
 def test_enhance_where_every_image_is_unreadable(cluster, tmp_path, figures):
-    """An enhance job whose inputs are all unreadable FAILS (it once succeeded with zero outputs)."""
+    """A folder of only unreadable images: refused at submission by default (nothing written); with
+    `read.on_error=skip` it reaches the worker, every file is skipped, and the job FAILS (it once succeeded with
+    zero outputs)."""
+
     client = Client(cluster.settings)
     cluster.start_worker("w0", "--queues", "medgan.enhance")
     folder = _folder(tmp_path, "junk", {"a.png": b"not an image", "b.png": b"", "c.dcm": b"DICM garbage"})
-    job = client.wait(client.submit("enhance", dataset=str(folder), config={"method": "gamma"})["id"], timeout=120)
-    ok = job["status"] == "FAILED" and _clear(job["message"], [])
-    figures.add("bad inputs: enhance of only unreadable images", tried=1, survived=int(ok),
-                notes=f"{job['status']}: {(job['message'] or '')[:100]}")
-    assert ok, (job["status"], job["message"])
+    with pytest.raises(MedganUserError) as refused:
+        client.submit("enhance", dataset=str(folder), config={"method": "gamma"})
+    with session_scope(cluster.settings.db_url) as s:
+        rows = s.query(Job).count()
+    refused_ok = "a.png" in str(refused.value) or "b.png" in str(refused.value)
+    job = client.wait(client.submit("enhance", dataset=str(folder),
+                                    config={"method": "gamma", "read": {"on_error": "skip"}})["id"], timeout=120)
+    ok = refused_ok and rows == 0 and job["status"] == "FAILED" and _clear(job["message"], [])
+    figures.add("bad inputs: enhance of only unreadable images", tried=2, survived=int(refused_ok and rows == 0)
+                + int(job["status"] == "FAILED" and _clear(job["message"], [])),
+                notes=f"default: refused at submission ({str(refused.value)[:60]}); on_error=skip: "
+                      f"{job['status']}: {(job['message'] or '')[:80]}")
+    assert ok, (str(refused.value), rows, job["status"], job["message"])
 
 
 # -- the figures row ---------------------------------------------------------------------------------
