@@ -92,7 +92,10 @@ class GanTrainer:
         if cfg.probes and accelerator.is_main_process:
             from medgan.probes import Probes
 
-            self.probes = Probes(cfg, data, device=dev)
+            try:
+                self.probes = Probes(cfg, data, device=dev)
+            except DataError as e:  # too few real images to train judges on: train anyway, say so once
+                log.warning("quality probes off for this run: %s (no best snapshot; use --checkpoint last)", e)
 
     def _lesion_classes(self) -> tuple[torch.Tensor, float]:
         """Classes whose real images mostly carry a non-empty mask [K] bool, and that share among them."""

@@ -23,6 +23,7 @@ from scheduler.errors import MedganUserError, StoreError
 from tests.conftest import wait_for
 
 IMAGES = 60
+OUTPUTS = IMAGES + 3  # every enhanced image, metrics.csv, summary.json and read.json (what the reader skipped)
 
 
 def _dark_images(folder, n=IMAGES, seed=0):
@@ -77,21 +78,21 @@ def test_s3_outage_during_uploads(s3_cluster, tmp_path, figures):
     short, at_stop = _outage_during_upload(cluster, s3, client, tmp_path, "a", down_for=3.0)
     assert short["status"] == "SUCCEEDED", short["message"]
     final_rows = _rows(cluster.settings, short["id"])
-    assert at_stop < final_rows == IMAGES + 2, (at_stop, final_rows)  # the outage hit mid-upload
+    assert at_stop < final_rows == OUTPUTS, (at_stop, final_rows)  # the outage hit mid-upload
     keys = {a["key"] for a in client.artifacts(short["id"])}
-    assert {f"jobs/{short['id']}/metrics.csv", f"jobs/{short['id']}/summary.json"} <= keys
+    assert {f"jobs/{short['id']}/{name}" for name in ("metrics.csv", "summary.json", "read.json")} <= keys
 
     long, at_stop_b = _outage_during_upload(cluster, s3, client, tmp_path, "b", down_for=None)
     assert long["status"] == "FAILED"
     assert "upload of jobs/" in long["message"] and "failed after 5 attempts" in long["message"], long["message"]
     assert s3.secret_key not in long["message"]
-    assert _rows(cluster.settings, long["id"]) < IMAGES + 2
+    assert _rows(cluster.settings, long["id"]) < OUTPUTS
 
     n_rows = _check_rows(client)  # both jobs: no row without its object
     after = client.wait(client.submit("noop")["id"], timeout=60)
     assert after["status"] == "SUCCEEDED", "the worker keeps serving after the outages"
     figures.add("S3 stopped during uploads, restarted on its port", tried=2, survived=2, lost=0, duplicates=0,
-                notes=f"3 s outage: SUCCEEDED ({at_stop} of {IMAGES + 2} outputs stored at the stop); outage past "
+                notes=f"3 s outage: SUCCEEDED ({at_stop} of {OUTPUTS} outputs stored at the stop); outage past "
                       f"the retries: FAILED '{long['message'][:60]}…'; {n_rows} rows, every object present, sha256 ok")
 
 

@@ -468,5 +468,7 @@ def test_docs_medgan_commands_parse() -> None:
     runner = CliRunner()
     for doc, argv in commands:
         # --help is eager: the line is parsed (names, arity) and nothing runs.
-        r = runner.invoke(app, [*argv, "--help"])
+        # A line with `--` (e.g. `medgan run ... -- python train.py`) hands the rest to the script: --help goes before it.
+        cut = argv.index("--") if "--" in argv else len(argv)
+        r = runner.invoke(app, [*argv[:cut], "--help", *argv[cut:]])
         assert r.exit_code == 0, f"{doc}: `medgan {' '.join(argv)}` does not parse:\n{r.output}"

@@ -233,3 +233,21 @@ def test_a_dead_mask_channel_is_reported_as_it_happens(tmp_path, monkeypatch, ca
     assert all(p["probe/mask_nonempty_lesion"] == 0.0 and any("mask channel dead" in a for a in p["alerts"])
                for p in probes)
     assert any("mask channel dead" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_too_few_images_for_the_probes_trains_anyway_and_says_so(tmp_path, caplog, count):
+    """A run too small to train the probes' judges on still trains (it once FAILED with the judges' DataError):
+    the probes are off, the log says why, and there is no best snapshot to pick."""
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    rng = np.random.default_rng(count)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / "data" / "a" / f"{i}.png")
+    with caplog.at_level("WARNING", logger="medgan.train"):
+        result = train(tiny(model="dcgan", num_classes=1, steps=2), tmp_path / "run", data_dir=tmp_path / "data")
+    assert result["status"] == "completed" and result["step"] == 2
+    assert any("quality probes off" in r.getMessage() and "judges need more real images" in r.getMessage()
+               for r in caplog.records)
+    assert not _rows(tmp_path / "run", "probe")
+    with pytest.raises(Exception, match="no best snapshot"):
+        select_checkpoint(tmp_path / "run", "best")
