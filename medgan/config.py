@@ -158,12 +158,15 @@ class EnhanceConfig(_Frozen):
     sigma: float = Field(2.0, gt=0, le=50, description="LIME strategy-III Gaussian sigma")
     eps: float = Field(1e-3, gt=0, le=1)
     solver: Literal["fast", "exact"] = "fast"
-    denoise: float | None = Field(None, ge=0, description="denoising strength (0: off; auto if unset)")
+    denoise: float | None = Field(None, ge=0, le=100, description="non-local-means strength in 8-bit grey levels "
+                                  "(0: off; auto if unset: from the input's estimated noise, capped)")
     clip_limit: float = Field(0.01, gt=0, le=1, description="CLAHE clip limit")
     scale: Literal[2, 4] = Field(4, description="super-resolution factor")
     tile: int = Field(256, ge=32, le=4096, description="tile size for SR inference")
     tile_overlap: int = Field(16, ge=0, le=256)
-    y_channel: bool = Field(True, description="score RGB on the Y channel (SR convention)")
+    y_channel: bool | None = Field(
+        None, description="score RGB on the BT.601 Y channel; None: the field's convention (Y with a `scale`-pixel "
+        "border crop for super-resolution, the image's own channels (RGB or grey) for low-light enhancement)")
     read: ReadPolicy = Field(default_factory=ReadPolicy, description="how input files are read (medgan.data)")
 
     @field_validator("gamma")

@@ -1,7 +1,7 @@
 """Image quality metrics, vectorised over a batch in torch.
 
 Full-reference: MSE, PSNR, SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5,
-population covariance). No-reference: 256-bin entropy, average gradient, standard deviation.
+population covariance). No-reference: entropy (256 bins for 8-bit, 65,536 for 16-bit), average gradient, standard deviation.
 
 Every function takes float tensors ``[N, C, H, W]`` (or ``[C, H, W]`` / ``[H, W]``) on the
 scale given by ``data_range`` (1.0 for images in [0, 1]) and returns one value per image,
@@ -192,22 +192,40 @@ def ssim(
     return (num / den).flatten(1).mean(1)  # [N]
 
 
-def _quantise(x: torch.Tensor, data_range: float) -> torch.Tensor:
-    """Round to 256 levels like skimage's img_as_ubyte: ``[N, ...] -> int64``."""
-    q = torch.round(torch.clamp(x / data_range, 0.0, 1.0) * 255.0)
+def _quantise(x: torch.Tensor, data_range: float, levels: int) -> torch.Tensor:
+    """Round to ``levels`` grey levels (``round(x / range * (levels - 1))``): ``[N, ...] -> int64``.
+
+    For 256 levels this is skimage's ``img_as_ubyte`` of a float image; for an integer image
+    scaled by its dtype's maximum (``to_unit_float``) it gives back the stored integers exactly.
+    """
+    q = torch.round(torch.clamp(x.double() / data_range, 0.0, 1.0) * (levels - 1))
     return q.to(torch.int64)
 
 
-def entropy(x: Any, *, data_range: float = 1.0) -> torch.Tensor:
-    """Shannon entropy in bits of the 256-bin histogram of each image (all channels), ``[N]``.
+def _bits_of(x: Any, bits: int | None) -> int:
+    """Bit depth of the histogram: ``bits`` if given, else an integer array's own (8 for floats)."""
+    if bits is None:
+        integer = isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.integer)
+        bits = min(16, np.iinfo(x.dtype).bits) if integer else 8
+    if isinstance(bits, bool) or bits not in range(1, 17):
+        raise ValueError(f"bits must be an integer in [1, 16], got {bits!r}")
+    return int(bits)
 
-    Equals ``skimage.measure.shannon_entropy(img_as_ubyte(img))``.
+
+def entropy(x: Any, *, data_range: float = 1.0, bits: int | None = None) -> torch.Tensor:
+    """Shannon entropy in bits of each image's ``2**bits``-level histogram (all channels), ``[N]``.
+
+    ``bits``: the image's bit depth. Default: an integer numpy array's own (uint8: 8, uint16: 16),
+    8 for float images. Equals ``skimage.measure.shannon_entropy`` of the integer values at that
+    depth: ``shannon_entropy(img_as_ubyte(img))`` for 8 bits, ``shannon_entropy(u16)`` for a
+    16-bit image ``u16`` (skimage counts unique values, so no bins are merged).
     """
+    levels = 1 << _bits_of(x, bits)
     xb = as_batch(x)
     n = xb.shape[0]
-    q = _quantise(xb, data_range).flatten(1)  # [N, P]
-    offsets = torch.arange(n, device=q.device)[:, None] * 256
-    hist = torch.bincount((q + offsets).flatten(), minlength=n * 256).reshape(n, 256).double()
+    q = _quantise(xb, data_range, levels).flatten(1)  # [N, P]
+    offsets = torch.arange(n, device=q.device)[:, None] * levels
+    hist = torch.bincount((q + offsets).flatten(), minlength=n * levels).reshape(n, levels).double()
     p = hist / hist.sum(1, keepdim=True)
     logp = torch.where(p > 0, torch.log2(p), torch.zeros_like(p))
     return -(p * logp).sum(1)
@@ -237,9 +255,10 @@ def full_reference(
     return {"psnr": psnr(x, ref, **kw), "ssim": ssim(x, ref, **kw), "mse": mse(x, ref, **kw)}
 
 
-def no_reference(x: Any) -> dict[str, torch.Tensor]:
-    """Entropy, average gradient and standard deviation of images in [0, 1]: ``{name: [N]}``."""
-    return {"entropy": entropy(x), "avg_gradient": average_gradient(x), "std": std_dev(x)}
+def no_reference(x: Any, *, bits: int | None = None) -> dict[str, torch.Tensor]:
+    """Entropy (at ``bits`` depth, see ``entropy``), average gradient and standard deviation of
+    images in [0, 1]: ``{name: [N]}``."""
+    return {"entropy": entropy(x, bits=bits), "avg_gradient": average_gradient(x), "std": std_dev(x)}
 
 
 def finite_or_none(v: float) -> float | None:

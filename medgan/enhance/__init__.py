@@ -22,7 +22,7 @@ from medgan.errors import DataError
 SR_METHODS = ("bicubic", "esrgan")
 LEARNED_METHODS = ("zerodce", "esrgan")
 
-__all__ = ["enhance_dataset", "enhance_image", "make_enhancer", "SR_METHODS"]
+__all__ = ["enhance_dataset", "enhance_image", "make_enhancer", "scoring", "SR_METHODS"]
 
 
 def _lime(cfg: EnhanceConfig) -> Callable[[np.ndarray], tuple[np.ndarray, dict]]:
@@ -97,23 +97,74 @@ def enhance_image(img: np.ndarray, cfg: EnhanceConfig, model_dir: Path | None = 
     return make_enhancer(cfg, model_dir)(img)
 
 
-def _score(out: np.ndarray, ref: np.ndarray | None, cfg: EnhanceConfig) -> dict[str, float]:
-    """No-reference metrics always; full-reference ones when a reference is given."""
+def scoring(cfg: EnhanceConfig) -> dict[str, Any]:
+    """How full-reference scores are computed for ``cfg``: written to every summary.json.
+
+    The field's conventions: super-resolution papers score PSNR/SSIM on the BT.601 Y channel
+    with ``scale`` pixels cropped from each border; low-light enhancement is scored on what the
+    user sees, the image's own channels (RGB as RGB, so colour casts count; grey as grey).
+    ``cfg.y_channel`` overrides the channel choice; the crop stays SR-only.
+    """
+    sr = cfg.method in SR_METHODS
+    y = sr if cfg.y_channel is None else bool(cfg.y_channel)
+    crop = cfg.scale if sr else 0
+    return {
+        "channels": "y" if y else "own",
+        "crop_border": crop,
+        "convention": ("BT.601 Y of RGB images (grey images as they are)" if y else
+                       "the image's own channels (RGB as RGB, grey as grey)")
+                      + (f", {crop} px cropped from each border" if crop else ", no border crop")
+                      + ("; the super-resolution convention" if sr and y else
+                         "; the low-light convention" if not sr and not y else "; set by y_channel"),
+        "ssim": "11x11 Gaussian window, sigma 1.5, population covariance (Wang et al. 2004)",
+        "entropy": "Shannon entropy of the output's histogram at its own bit depth (256 or 65,536 levels)",
+        "baseline": ("bicubic_*: bicubic upsampling of the same input, scored the same way" if sr else
+                     "input_*: the unenhanced input against the same reference, scored the same way"),
+    }
+
+
+def _scored_on(img: np.ndarray, conv: dict[str, Any]) -> str:
+    """What one image's full-reference scores were computed on, e.g. ``rgb``, ``grey``, ``y/crop4``."""
+    chans = "grey" if img.ndim == 2 or img.shape[-1] == 1 else ("y" if conv["channels"] == "y" else "rgb")
+    return chans + (f"/crop{conv['crop_border']}" if conv["crop_border"] else "")
+
+
+def _score(out: np.ndarray, ref: np.ndarray | None, cfg: EnhanceConfig, bits: int = 8) -> dict[str, Any]:
+    """No-reference metrics always; full-reference ones (by ``scoring(cfg)``) when a reference is given."""
     from medgan import metrics
 
-    row = {k: float(v[0]) for k, v in metrics.no_reference(out).items()}
+    row: dict[str, Any] = {k: float(v[0]) for k, v in metrics.no_reference(out, bits=bits).items()}
+    out = metrics.to_unit_float(out)  # integers (as written) by their dtype's maximum
     if ref is None:
         return row
-    sr = cfg.method in SR_METHODS
-    if sr:
+    conv = scoring(cfg)
+    if cfg.method in SR_METHODS:
         from medgan.enhance.pairs import crop_to_multiple
 
         ref = crop_to_multiple(ref, cfg.scale)
     if ref.shape != out.shape:
         raise DataError(f"reference shape {ref.shape} does not match output shape {out.shape}")
-    fr = metrics.full_reference(out, ref, crop_border=cfg.scale if sr else 0, y_channel=cfg.y_channel)
+    fr = metrics.full_reference(out, ref, crop_border=conv["crop_border"], y_channel=conv["channels"] == "y")
     row.update({k: float(v[0]) for k, v in fr.items()})
+    row["scored_on"] = _scored_on(ref, conv)
     return row
+
+
+def _baseline(img: np.ndarray, ref: np.ndarray, cfg: EnhanceConfig) -> dict[str, float]:
+    """The bar a method must clear, scored like the method: the dark input itself (low light),
+    or bicubic upsampling of the input (super-resolution; nothing for bicubic itself)."""
+    if cfg.method == "bicubic":
+        return {}
+    if cfg.method in SR_METHODS:
+        from medgan.enhance.sr import upscale_bicubic
+
+        base, prefix = upscale_bicubic(img, cfg.scale), "bicubic"
+    else:
+        if img.shape != ref.shape:
+            return {}
+        base, prefix = img, "input"
+    scores = _score(base, ref, cfg)
+    return {f"{prefix}_{k}": scores[k] for k in ("psnr", "ssim", "mse")}
 
 
 def _summary(rows: list[dict[str, Any]], metric_names: list[str]) -> dict[str, Any]:
@@ -172,10 +223,12 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
     References are matched to inputs by file stem. An unreadable input fails the run naming it
     (``cfg.read.on_error="fail"``), or is skipped and counted by reason in the summary's ``read``
     (``"skip"``; its metrics.csv row says why). Returns the summary:
-    ``{metric: {"mean", "sd"}, "count", "failed", "method", "params", "read", ...}``.
+    ``{metric: {"mean", "sd"}, "count", "failed", "method", "params", "read", "scoring", ...}``;
+    ``scoring`` states the convention (``scoring(cfg)``) and every metrics.csv row with a
+    reference names what it was scored on (``scored_on``) beside the baseline's scores.
     """
     from medgan.data import ReadError, ReadReport
-    from medgan.pngio import write_png
+    from medgan.pngio import to_uint, write_png
 
     callbacks = callbacks or Callbacks()
     out_dir = Path(out_dir)
@@ -206,19 +259,19 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
                 out, used = enhancer(img)
                 write_png(out_dir / "images" / f"{stem}.png", out, bit_depth=depth)
                 ref = _frames(refs[stem], cfg)[0][1] if stem in refs else None
-                row.update(_score(out, ref, cfg))
+                # Scored as written: the integers in the PNG, at its bit depth.
+                row.update(_score(to_uint(out, depth), ref, cfg, bits=depth))
                 row["has_reference"] = ref is not None
-                if ref is not None and cfg.method not in SR_METHODS and img.shape == ref.shape:
-                    # The untouched input against the same reference: the bar the method must clear.
-                    base = _score(img, ref, cfg)
-                    row.update({f"input_{k}": base[k] for k in ("psnr", "ssim", "mse")})
+                if ref is not None:
+                    row.update(_baseline(img, ref, cfg))
                 row.update({f"param_{k}": v for k, v in used.items()})
             except (DataError, ValueError) as exc:
                 row["status"] = f"error: {exc}"
             rows.append(row)
         callbacks.on_progress(i + 1, len(inputs), {"file": path.name, "status": rows[-1]["status"] if rows else "ok"})
     _write_csv(out_dir / "metrics.csv", rows)
-    names = ["psnr", "ssim", "mse", "entropy", "avg_gradient", "std", "input_psnr", "input_ssim", "input_mse"]
+    names = ["psnr", "ssim", "mse", "entropy", "avg_gradient", "std"] + [
+        f"{b}_{k}" for b in ("input", "bicubic") for k in ("psnr", "ssim", "mse")]
     summary: dict[str, Any] = _summary(rows, names)
     summary.update({
         "count": sum(r["status"] == "ok" for r in rows),
@@ -227,6 +280,7 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
         "params": _auto_params(cfg, rows),
         "stopped": stopped,
         "read": report.to_dict(),
+        "scoring": scoring(cfg),
     })
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     report.publish()

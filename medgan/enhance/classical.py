@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from skimage import exposure
 
+from medgan.enhance.knobs import check
+
 _EPS = 1e-6
 
 
@@ -44,10 +46,9 @@ def auto_gamma_value(img: np.ndarray, target: float = 0.45) -> float:
 
 def gamma_correct(img: np.ndarray, gamma: float | None = None) -> tuple[np.ndarray, dict]:
     """``out = img ** gamma`` (gamma < 1 brightens); ``None``: from the mean brightness."""
+    g = check("gamma", gamma, optional=True)
     x = _check(img)
-    g = auto_gamma_value(x) if gamma is None else float(gamma)
-    if g <= 0:
-        raise ValueError("gamma must be > 0")
+    g = auto_gamma_value(x) if g is None else g
     return np.power(x, g).astype(np.float32), {"gamma": round(g, 4)}
 
 
@@ -61,8 +62,7 @@ def hist_equalize(img: np.ndarray, nbins: int = 256) -> tuple[np.ndarray, dict]:
 def clahe(img: np.ndarray, clip_limit: float = 0.01, kernel_size: int | None = None
           ) -> tuple[np.ndarray, dict]:
     """Contrast-limited adaptive histogram equalisation of the luma (skimage.exposure.equalize_adapthist)."""
-    if not 0 < clip_limit <= 1:
-        raise ValueError("clip_limit must be in (0, 1]")
+    clip_limit = check("clip_limit", clip_limit)
     x = _check(img)
     y = exposure.equalize_adapthist(luma(x), clip_limit=clip_limit, kernel_size=kernel_size)
     return _with_luma(x, y), {"clip_limit": clip_limit}

@@ -232,7 +232,10 @@ def _pcg(mg: _Multigrid, l: int, b: torch.Tensor, x: torch.Tensor, tol: float, m
     it = 0
     while it < max_iter:
         q = lv.apply(p)
-        step = rz / (p * q).sum()
+        pq = (p * q).sum()
+        if not float(pq) > 0.0 or not float(rz) > 0.0:  # exact already (r = 0): a step would divide 0 by 0
+            break
+        step = rz / pq
         dx = step * p
         x = x + dx
         r = r - step * q
@@ -273,6 +276,9 @@ def estimate_illumination(t_hat: torch.Tensor, *, alpha: float = 0.15, sigma: fl
                           eps: float = 1e-3, solver: str = "fast", tol: float = 1e-3
                           ) -> tuple[torch.Tensor, dict]:
     """Refined illumination map ``T`` ``[H, W]`` from the initial map ``t_hat`` ``[H, W]`` in [0, 1]."""
+    from medgan.enhance.knobs import check
+
+    alpha, sigma, eps, tol = check("alpha", alpha), check("sigma", sigma), check("eps", eps), check("tol", tol)
     t_hat = t_hat.float()
     wx, wy = lime_weights(t_hat, sigma, eps)
     if solver == "exact":
@@ -383,10 +389,11 @@ def lime_enhance(img: np.ndarray, *, gamma: float | None = 0.8, alpha: float = 0
     """
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)):
         raise ValueError(f"expected [H, W] or [H, W, 1|3], got {img.shape}")
-    if gamma is not None and gamma <= 0:
-        raise ValueError("gamma must be > 0")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError("strength must be in [0, 1]")
+    from medgan.enhance.knobs import check
+
+    gamma, denoise = check("gamma", gamma, optional=True), check("denoise", denoise, optional=True)
+    strength, alpha = check("strength", strength), check("alpha", alpha)
+    sigma, eps = check("sigma", sigma), check("eps", eps)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if not np.isfinite(img).all():
         raise ValueError("image contains NaN or infinite values")

@@ -29,6 +29,9 @@ class DarkenSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        vals = (self.gamma, self.exposure, self.photons, self.read_sigma)
+        if not all(np.isfinite(v) for v in vals):
+            raise ValueError(f"DarkenSpec values must be finite, got {vals}")
         if self.gamma <= 0 or not 0 < self.exposure <= 1:
             raise ValueError("gamma must be > 0 and exposure in (0, 1]")
         if self.photons <= 0 or self.read_sigma < 0:

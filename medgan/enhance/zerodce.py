@@ -117,6 +117,11 @@ def build_dce(cfg: TrainConfig) -> DCENet:
 @torch.no_grad()
 def enhance_with(net: DCENet, img: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """Enhance a numpy image ``[H, W(, 3)]`` in [0, 1] with a trained DCE-Net."""
+    from medgan.enhance.knobs import check
+
+    strength = check("strength", strength)
+    if not np.isfinite(img).all():
+        raise ValueError("image contains NaN or infinite values")
     dev = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(np.clip(img, 0, 1), dtype=np.float32))
     x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]  # [1, C, H, W]
