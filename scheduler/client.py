@@ -100,6 +100,9 @@ class Job(_Record):
     queue: str = ""
     attempt: int = 0
     max_attempts: int = 0
+    lease_losses: int = 0  # not failures
+    preemptions: int = 0  # not failures
+    preemptible: bool = True
     progress: float = 0.0
     step: int = 0
     total: int = 0

@@ -37,11 +37,17 @@ SWEEP_SECONDS = 5.0  # how often the sweeper runs
 RESEND_AFTER_SECONDS = 60.0  # a QUEUED job without a claim for this long has its message re-sent
 PROGRESS_POLL_SECONDS = 0.5  # how often the worker reads a subprocess's stats
 CANCEL_GRACE_SECONDS = 30.0  # SIGTERM → SIGKILL grace for a training subprocess
+SELF_FENCE_MARGIN = 0.25  # a worker stops its science once this fraction of the lease is left unrenewed
+LEASE_FILE = "lease"  # in a job's work dir: touched at each renewal; the guardian kills the science if it ages
+VISIBILITY_TIMEOUT_SECONDS = 3600  # Redis redelivery of an unacknowledged message (see Settings)
+PREEMPT_GRACE_SECONDS = 30.0  # a higher-priority job waits this long for cards before it preempts
+FAIR_SHARE_WINDOW_SECONDS = 7 * 24 * 3600.0  # GPU time this recent counts for fair share
 
 UPLOAD_STALE_SECONDS = 3600.0  # a dataset upload whose marker is not refreshed for this long is removed
 UPLOAD_REFRESH_SECONDS = 60.0  # how often an upload in progress refreshes its marker
 
-MAX_ATTEMPTS = 3  # a job requeued this many times after lost leases is FAILED
+MAX_ATTEMPTS = 3  # failed attempts a job may have (lost leases and preemptions are not failures)
+MAX_LEASE_LOSSES = 20  # a job whose lease was lost this many times is FAILED (it may be what kills its workers)
 
 # Counts.
 MAX_SWEEP_CHILDREN = 10_000  # jobs one sweep may create
@@ -66,6 +72,7 @@ class Status(str, enum.Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"  # only inside the transaction that requeues a preempted attempt (an event, not a state)
 
     @property
     def terminal(self) -> bool:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    true as sa_true,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -80,6 +81,13 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The fencing token: +1 at every claim, never reset (a retry keeps it growing). Every effect of an
+    # attempt carries the token it was claimed with and is refused once it is not the job's current one.
+    fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # not failures
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # not failures
+    preemptible: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    preempt_requested: Mapped[str | None] = mapped_column(Text)  # why (set by the sweeper; the worker stops)
 
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -122,6 +130,7 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    fence: Mapped[int | None] = mapped_column(Integer)  # the attempt's token that wrote it (None: before 0003)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
 

@@ -45,7 +45,7 @@ def plan_children(parent: Job, spec: GenerateSpec) -> list[Job]:
             Job(
                 spec=data.model_dump(mode="json"), kind=parent.kind, owner=parent.owner, priority=parent.priority,
                 gpus=parent.gpus, queue=parent.queue, max_attempts=parent.max_attempts,
-                depends_on=list(parent.depends_on or []), name=data.name, parent_id=parent.id, shard_index=i,
+                preemptible=parent.preemptible, depends_on=list(parent.depends_on or []), name=data.name, parent_id=parent.id, shard_index=i,
                 status=S.QUEUED.value,
             )
         )

@@ -184,7 +184,7 @@ def _rows_for(spec: Any, sweep: list[Any], settings: Settings, key: str | None,
     the commit, and the sweeper re-sends it should that message be lost."""
     row = dict(_DEFAULTS, id=new_id(), kind=spec.kind, status=S.QUEUED.value, spec=spec.model_dump(mode="json"),
                name=spec.name, owner=spec.owner, priority=spec.priority, gpus=spec.gpus, queue=queue_for(spec.kind),
-               idempotency_key=key, depends_on=list(spec.depends_on),
+               idempotency_key=key, depends_on=list(spec.depends_on), preemptible=spec.preemptible,
                max_attempts=spec.max_attempts or settings.max_attempts, created_at=now, updated_at=now,
                enqueued_at=None if spec.depends_on else now)
     if sweep:
@@ -212,7 +212,7 @@ _DEFAULTS: dict[str, Any] = {
 }
 _NONE = {c.key: None for c in Job.__table__.columns if c.key not in _DEFAULTS}
 _CHILD_COLUMNS = ("kind", "status", "spec", "name", "owner", "priority", "gpus", "queue", "parent_id", "shard_index",
-                  "depends_on", "max_attempts")
+                  "depends_on", "max_attempts", "preemptible")
 
 
 def resolve_refs(session: Session, data: dict[str, Any]) -> dict[str, Any]:
@@ -500,7 +500,7 @@ def job_query(*, status: Any = None, kind: Any = None, owner: str | None = None,
     """The SELECT of jobs matching the filters, validated (unknown status/kind: MedganUserError).
     `name` matches exactly, or as a glob when it holds * or ?."""
     q = select(Job)
-    statuses = _choices(status, [s.value for s in S], "status", upper=True)
+    statuses = _choices(status, [s.value for s in S if s is not S.PREEMPTED], "status", upper=True)
     kinds = _choices(kind, KINDS, "kind")
     if statuses:
         q = q.where(Job.status.in_(statuses))
@@ -538,6 +538,7 @@ def job_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "kind": job.kind, "status": job.status, "name": job.name, "owner": job.owner,
         "priority": job.priority, "gpus": job.gpus, "queue": job.queue, "attempt": job.attempt,
+        "lease_losses": job.lease_losses, "preemptions": job.preemptions, "preemptible": job.preemptible,
         "max_attempts": job.max_attempts, "progress": round(job.progress, 4), "step": job.progress_step,
         "total": job.progress_total, "message": job.message, "parent_id": job.parent_id,
         "shard_index": job.shard_index, "depends_on": job.depends_on, "lease_owner": job.lease_owner,

@@ -39,8 +39,14 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(C.SWEEP_SECONDS, gt=0)
     resend_after_seconds: float = Field(C.RESEND_AFTER_SECONDS, gt=0)
     max_attempts: int = Field(C.MAX_ATTEMPTS, ge=1)
+    max_lease_losses: int = Field(
+        C.MAX_LEASE_LOSSES, ge=1, description="lost leases after which a job is FAILED (lost leases are not failures)")
+    # Why one hour: a message is only a doorbell (the database is the truth and the claim drops a duplicate),
+    # so redelivery costs one no-op claim, while a long timeout kept the messages of SIGKILLed workers
+    # unacknowledged (Flower: STARTED) for days. The sweeper, not redelivery, recovers a lost job.
     visibility_timeout: int = Field(
-        7 * 24 * 3600, ge=60, description="Redis redelivery timeout (s); the claim makes redelivery harmless"
+        C.VISIBILITY_TIMEOUT_SECONDS, ge=60,
+        description="Redis redelivery timeout (s); a redelivered message finds nothing to claim and is dropped",
     )
     broker_poll_seconds: float = Field(0.1, gt=0, description="poll interval of the SQLAlchemy broker")
     log_level: str = "INFO"
@@ -48,6 +54,19 @@ class Settings(BaseSettings):
     reserve_after_seconds: float = Field(
         300.0, ge=0, description="a GPU job waiting this long gets a host drained for it (scheduler/policy.py)"
     )
+    preempt_grace_seconds: float = Field(
+        C.PREEMPT_GRACE_SECONDS, ge=0,
+        description="a higher-priority GPU job waiting this long for cards preempts lower-priority jobs")
+    preempt_protected: str = Field(
+        "", description="queues and owners (teams) whose jobs are never preempted, comma-separated")
+    fair_share_window_seconds: float = Field(
+        C.FAIR_SHARE_WINDOW_SECONDS, gt=0,
+        description="how far back an owner's GPU time counts for fair share among equal priorities")
+
+    @property
+    def protected_from_preemption(self) -> frozenset[str]:
+        """The queue and owner names of `preempt_protected`."""
+        return frozenset(x.strip() for x in self.preempt_protected.split(",") if x.strip())
 
     # Ceilings of what any job may read (checked from file headers before a pixel is decoded);
     # a job's own `read` policy may only lower them.

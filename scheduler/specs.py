@@ -45,6 +45,7 @@ class _Base(BaseModel):
     priority: int = Field(C.PRIORITY_DEFAULT, ge=C.PRIORITY_MIN, le=C.PRIORITY_MAX, description="0 = most urgent")
     gpus: int = Field(0, ge=0, le=64, description="cards leased for the job (0 = CPU)")
     max_attempts: int | None = Field(None, ge=1, le=100)
+    preemptible: bool = Field(True, description="may be preempted (checkpoint, requeue) for a more urgent job")
     depends_on: list[str] = Field(default_factory=list, description="job ids that must SUCCEED first")
     sweep: dict[str, list[Any]] | None = Field(
         None, description="field → values: one child job per combination (the cross product), under this "

@@ -14,13 +14,15 @@ from typing import Any, Iterable
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from scheduler import constants as C
 from scheduler.db import GpuLease, Job, JobEvent, Status, utcnow
 from scheduler.errors import IllegalTransition
 
 S = Status
 EDGES: dict[Status, frozenset[Status]] = {
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED, S.QUEUED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.CANCELLED, S.QUEUED, S.PREEMPTED}),
+    S.PREEMPTED: frozenset({S.QUEUED}),  # within the transaction that requeues a preempted attempt
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset({S.QUEUED}),  # an explicit `jobs retry`
@@ -59,7 +61,8 @@ def transition(
     if to is S.SUCCEEDED:
         cols["progress"] = 1.0
     if to is S.QUEUED:
-        cols.update(lease_owner=None, lease_expires_at=None, enqueued_at=now, cancel_requested=False)
+        cols.update(lease_owner=None, lease_expires_at=None, enqueued_at=now, cancel_requested=False,
+                    preempt_requested=None)
     if reason is not None and to in (S.FAILED, S.CANCELLED, S.QUEUED):
         cols["message"] = reason
     cols.update(values or {})
@@ -107,6 +110,7 @@ def claim(
             "lease_expires_at": now + timedelta(seconds=lease_seconds),
             "started_at": now,
             "attempt": Job.attempt + 1,
+            "fence": Job.fence + 1,  # the new attempt's token: every older attempt's effects are refused now
             "message": None,
         },
     )
@@ -118,11 +122,29 @@ def claim(
     return claimed
 
 
-def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
-    """Extend the lease if `owner` still holds it; False means the job was taken away (requeued, cancelled)."""
+def holder_guard(owner: str, fence: int | None) -> list[Any]:
+    """WHERE conditions of an effect of one attempt: the job is live, held by `owner` under token `fence`."""
+    guard = [Job.lease_owner == owner, Job.status.in_([S.RUNNING.value, S.CANCELLING.value])]
+    return guard if fence is None else [*guard, Job.fence == fence]
+
+
+def fence_holds(session: Session, job_id: str, owner: str, fence: int) -> bool:
+    """Whether the attempt (`owner`, `fence`) is the job's current one, as a no-op conditional UPDATE: in the
+    caller's transaction, it also takes the job row's write lock, so no requeue or new claim can slip in
+    between this check and the effect it guards (commit both together)."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, *holder_guard(owner, fence))
+        .values(fence=Job.fence).execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float, fence: int | None = None) -> bool:
+    """Extend the lease if `owner` (under token `fence`) still holds it; False means the job was taken away
+    (requeued, cancelled, claimed again)."""
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status.in_([S.RUNNING.value, S.CANCELLING.value]))
+        .where(Job.id == job_id, *holder_guard(owner, fence))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -130,13 +152,25 @@ def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float)
 
 
 def finish(
-    session: Session, job_id: str, to: Status, *, owner: str, reason: str | None = None
+    session: Session, job_id: str, to: Status, *, owner: str, reason: str | None = None, fence: int | None = None
 ) -> Job | None:
-    """RUNNING/CANCELLING → terminal, only for the lease holder (a worker that lost its lease cannot finish)."""
+    """RUNNING/CANCELLING → terminal, only for the lease holder under its token (a worker that lost its
+    lease cannot finish)."""
     return transition(
         session, job_id, to, expect=[S.RUNNING, S.CANCELLING], actor=owner, reason=reason,
-        guard=[Job.lease_owner == owner],
+        guard=holder_guard(owner, fence),
     )
+
+
+def requeue_preempted(session: Session, job_id: str, *, owner: str, fence: int, reason: str) -> Job | None:
+    """A preempted attempt that wrote its final checkpoint: RUNNING → PREEMPTED → QUEUED (two events, one
+    transaction; nobody sees PREEMPTED as a status). Counted in `preemptions`, not as a failure."""
+    job = transition(session, job_id, S.PREEMPTED, expect=[S.RUNNING], actor=owner, reason=reason,
+                     guard=holder_guard(owner, fence), values={"preemptions": Job.preemptions + 1})
+    if job is None:
+        return None
+    return transition(session, job_id, S.QUEUED, expect=[S.PREEMPTED], actor=owner,
+                      reason=f"requeued after preemption {job.preemptions}; resumes from its final checkpoint")
 
 
 def request_cancel(session: Session, job_id: str, *, actor: str | None = None) -> Job | None:
@@ -155,27 +189,31 @@ def request_cancel(session: Session, job_id: str, *, actor: str | None = None) -
     return job
 
 
-def requeue_expired(session: Session, now: datetime, *, actor: str) -> list[tuple[str, Status]]:
-    """Jobs whose lease expired: back to QUEUED (attempt < max) or FAILED. Returns (id, new status)."""
+def requeue_expired(session: Session, now: datetime, *, actor: str,
+                    max_lease_losses: int = C.MAX_LEASE_LOSSES) -> list[tuple[str, Status]]:
+    """Jobs whose lease expired: back to QUEUED, or FAILED after `max_lease_losses` lost leases (a job that
+    takes its worker down every time must stop somewhere). A lost lease is not a failure: it counts in
+    `lease_losses`, never against `max_attempts`. Returns (id, new status)."""
     rows = session.execute(
-        select(Job.id, Job.attempt, Job.max_attempts, Job.status, Job.lease_owner).where(
+        select(Job.id, Job.lease_losses, Job.status, Job.lease_owner, Job.fence).where(
             Job.status.in_([S.RUNNING.value, S.CANCELLING.value]), Job.lease_expires_at < now
         )
     ).all()
     out: list[tuple[str, Status]] = []
-    for job_id, attempt, max_attempts, status, lease_owner in rows:
+    for job_id, losses, status, lease_owner, fence in rows:
         src = Status(status)
         why = f"lease of {lease_owner} expired"
         if src is S.CANCELLING:
             to, reason = S.CANCELLED, f"{why} while cancelling"
-        elif attempt >= max_attempts:
-            to, reason = S.FAILED, f"{why}; gave up after {attempt} attempts"
+        elif losses + 1 >= max_lease_losses:
+            to, reason = S.FAILED, f"{why}; gave up after {losses + 1} lost leases"
         else:
-            to, reason = S.QUEUED, f"{why}; requeued (attempt {attempt + 1} of {max_attempts})"
-        # CAS on the old lease owner and expiry too, so a lease renewed in between is left alone.
+            to, reason = S.QUEUED, f"{why}; requeued (lost lease {losses + 1}, not a failure)"
+        # CAS on the old lease owner, token and expiry too, so a lease renewed in between is left alone.
         job = transition(
             session, job_id, to, expect=[src], actor=actor, reason=reason,
-            guard=[Job.lease_owner == lease_owner, Job.lease_expires_at < now],
+            guard=[Job.lease_owner == lease_owner, Job.fence == fence, Job.lease_expires_at < now],
+            values={"lease_losses": Job.lease_losses + 1},
         )
         if job is not None:
             out.append((job_id, to))

@@ -60,6 +60,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
+    def promote(self, src: str, dst: str) -> None: ...
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str: ...
     def describe(self) -> str: ...
 
@@ -141,6 +142,14 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def promote(self, src: str, dst: str) -> None:
+        """Move a staged object to its key (atomic: a rename within the store's file system)."""
+        source, dest = self._path(src), self._path(dst)
+        if not source.is_file():
+            raise NotFound(f"no object {src!r} in the store")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, dest)
 
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         return self._path(key).as_uri()
@@ -290,6 +299,23 @@ class S3Store:
     def delete(self, key: str) -> None:
         validate_key(key)
         _retry(lambda: self.client.remove_object(self.bucket, key), f"delete of {key}")
+
+    def promote(self, src: str, dst: str) -> None:
+        """Move a staged object to its key: a server-side copy (atomic for the reader of `dst`), then delete."""
+        from minio.commonconfig import CopySource
+
+        validate_key(src)
+        validate_key(dst)
+
+        def copy() -> None:
+            try:
+                self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
+            except Exception as exc:
+                self._not_found(exc, src)
+                raise
+
+        _retry(copy, f"promotion of {src}")
+        self.delete(src)
 
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         validate_key(key)

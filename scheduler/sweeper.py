@@ -1,7 +1,8 @@
 """The sweeper (`medgan scheduler`): the broker may lose or duplicate messages, the database may not.
 
 Every `sweep_seconds` it
-- requeues RUNNING jobs whose lease expired (attempt + 1, up to the limit, then FAILED),
+- requeues RUNNING jobs whose lease expired (a lost lease is not a failure; FAILED after max_lease_losses),
+- asks lower-priority jobs to make room for an urgent one by preemption (scheduler/policy.py),
 - re-sends messages for QUEUED jobs that were never sent or whose message looks lost,
 - finishes fan-out parents whose children all ended (if the last child's worker died first),
 - forgets workers not seen for a while,
@@ -14,12 +15,13 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from scheduler import fanout, states
 from scheduler.datasets import sweep_uploads
 from scheduler.db import Job, Status, Worker, session_scope, utcnow
 from scheduler.jobs import dispatch_ready
+from scheduler.policy import plan_preemptions
 from scheduler.settings import Settings
 from scheduler.store import Store, make_store
 
@@ -31,7 +33,8 @@ def sweep_once(settings: Settings, store: Store | None = None) -> dict[str, int]
     now = utcnow()
     store = store or make_store(settings)
     with session_scope(settings.db_url) as s:
-        moved = states.requeue_expired(s, now, actor=ACTOR)
+        moved = states.requeue_expired(s, now, actor=ACTOR, max_lease_losses=settings.max_lease_losses)
+        preempted = request_preemptions(s, settings)
         # Every running fan-out parent: one whose last shard's worker died before finishing it ends here.
         running_parents = s.execute(
             select(Job.id).where(Job.status == Status.RUNNING.value, Job.lease_expires_at.is_(None),
@@ -47,8 +50,23 @@ def sweep_once(settings: Settings, store: Store | None = None) -> dict[str, int]
     sent = dispatch_ready(settings, requeued) if requeued else []
     sent += dispatch_ready(settings)
     half = sweep_uploads(store, settings.upload_stale_seconds)
-    return {"expired": len(moved), "requeued": len(requeued), "sent": len(sent), "workers_forgotten": gone or 0,
+    return {"expired": len(moved), "requeued": len(requeued), "preempting": preempted, "sent": len(sent), "workers_forgotten": gone or 0,
             "half_uploads_removed": half}
+
+
+def request_preemptions(session, settings: Settings) -> int:  # noqa: ANN001 - a Session
+    """Mark the victims `plan_preemptions` picks (CAS: still RUNNING, not already asked); their workers'
+    heartbeats see it, SIGTERM the science (final checkpoint) and requeue them. Returns how many."""
+    n = 0
+    for p in plan_preemptions(session, grace=settings.preempt_grace_seconds,
+                              protected=settings.protected_from_preemption):
+        res = session.execute(update(Job).where(Job.id == p.victim, Job.status == Status.RUNNING.value,
+                                                Job.preempt_requested.is_(None))
+                              .values(preempt_requested=p.reason).execution_options(synchronize_session=False))
+        if res.rowcount == 1:
+            log.warning("job %s: %s", p.victim, p.reason)
+            n += 1
+    return n
 
 
 def run_forever(settings: Settings, stop: threading.Event | None = None) -> None:

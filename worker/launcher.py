@@ -74,15 +74,20 @@ def child_env(visible_gpus: Sequence[int] | None, cpu_threads: int | None = None
 
 def run_watched(cmd: Sequence[str], *, env: dict[str, str], log_path: Path,
                 on_tick: Callable[[], str | None], poll: float = C.PROGRESS_POLL_SECONDS,
-                grace: float = C.CANCEL_GRACE_SECONDS, cwd: Path | None = None) -> int:
+                grace: float = C.CANCEL_GRACE_SECONDS, cwd: Path | None = None, lease_file: Path | None = None,
+                on_start: Callable[[subprocess.Popen], None] | None = None) -> int:
     """Run `cmd`, calling `on_tick()` every `poll` seconds; when it returns STOP the child gets SIGTERM
-    (it writes a final checkpoint), then SIGKILL after `grace`. Returns the exit code."""
+    (it writes a final checkpoint), then SIGKILL after `grace`. Returns the exit code.
+    With `lease_file`, the guardian also kills the command when the file's mtime (the renewal deadline
+    the worker sets at each lease renewal) has passed: a frozen worker cannot leave it running."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(guarded(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=cwd)
+        proc = subprocess.Popen(guarded(cmd, lease_file), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=cwd)
+        if on_start is not None:
+            on_start(proc)
         stop_sent: float | None = None
         try:
             while proc.poll() is None:
@@ -118,9 +123,22 @@ _PR_SET_CHILD_SUBREAPER = 36
 GUARD_POLL_SECONDS = 0.2  # how often the guardian checks that the worker still lives
 
 
-def guarded(cmd: Sequence[str]) -> list[str]:
-    """`cmd` wrapped in the guardian, which watches this (the worker) process."""
-    return [sys.executable, "-m", "worker.launcher", str(os.getpid()), "--", *cmd]
+def guarded(cmd: Sequence[str], lease_file: Path | None = None) -> list[str]:
+    """`cmd` wrapped in the guardian, which watches this (the worker) process and `lease_file`'s deadline."""
+    lease = ["--lease", str(lease_file)] if lease_file is not None else []
+    return [sys.executable, "-m", "worker.launcher", str(os.getpid()), *lease, "--", *cmd]
+
+
+def lease_expired(lease_file: Path | None, now: float | None = None) -> bool:
+    """Whether the renewal deadline the worker wrote (the file's mtime) has passed. A missing file is not
+    expired (the worker writes it before starting the command; a clean-up may remove it at the end)."""
+    if lease_file is None:
+        return False
+    try:
+        deadline = os.stat(lease_file).st_mtime
+    except OSError:
+        return False
+    return (time.time() if now is None else now) > deadline
 
 
 def _descendants(root: int) -> list[int]:
@@ -163,8 +181,9 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _guard(parent: int, cmd: list[str]) -> int:
-    """Run `cmd`; reap it and every orphan it leaves; kill them all if `parent` dies. Returns its exit code."""
+def _guard(parent: int, cmd: list[str], lease_file: Path | None = None) -> int:
+    """Run `cmd`; reap it and every orphan it leaves; kill them all if `parent` dies, or stops renewing
+    its lease (`lease_file`'s deadline passes: the worker is frozen or cut off). Returns its exit code."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the parent check below still works for direct children
@@ -177,6 +196,11 @@ def _guard(parent: int, cmd: list[str]) -> int:
     code: int | None = None
     while True:
         if os.getppid() != parent:  # the worker is gone: nobody will upload or finish this run
+            kill_tree(os.getpid())
+            return 137
+        if lease_expired(lease_file):  # the worker lives but renews nothing: another may get the job
+            print(f"medgan guardian: the lease was not renewed by its deadline ({lease_file}); stopping the "
+                  "science (self-fencing)", file=sys.stderr, flush=True)
             kill_tree(os.getpid())
             return 137
         try:
@@ -194,6 +218,10 @@ def _guard(parent: int, cmd: list[str]) -> int:
 
 if __name__ == "__main__":
     _args = sys.argv[1:]
+    _lease = None
+    if len(_args) > 2 and _args[1] == "--lease":
+        _lease = Path(_args[2])
+        _args = [_args[0], *_args[3:]]
     if len(_args) < 3 or _args[1] != "--":
-        sys.exit("usage: python -m worker.launcher PARENT_PID -- CMD ...")
-    sys.exit(_guard(int(_args[0]), _args[2:]))
+        sys.exit("usage: python -m worker.launcher PARENT_PID [--lease FILE] -- CMD ...")
+    sys.exit(_guard(int(_args[0]), _args[2:], _lease))

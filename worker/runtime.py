@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
 import traceback
@@ -20,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from medgan.errors import MedganError
+from scheduler import constants as C
 from scheduler import fanout, states
 from scheduler.broker import make_celery, send_job
 from scheduler.datasets import download_dataset, object_key
@@ -35,7 +39,7 @@ from scheduler.specs import parse_spec
 from scheduler.store import Store, make_store
 from scheduler.policy import admit
 from worker.gpus import Inventory
-from worker.launcher import child_env
+from worker.launcher import child_env, kill_tree
 
 log = logging.getLogger("medgan.worker")
 S = Status
@@ -89,8 +93,14 @@ def default_host() -> str:
     return socket.gethostname()
 
 
+class StaleAttempt(JobStopped):
+    """An effect of this attempt was refused: its fencing token is no longer the job's (the lease was lost
+    and the job requeued, maybe to another host). The attempt stops; nothing it still had to write lands."""
+
+
 class JobRun:
-    """One claimed job as the handler sees it."""
+    """One claimed job as the handler sees it. Every effect it has (objects, artifact and metric rows, log
+    chunks, progress, the final transition) carries its fencing token `fence` and is refused when stale."""
 
     def __init__(self, ctx: WorkerContext, job: Job, cards: list[int]):
         self.ctx = ctx
@@ -99,16 +109,23 @@ class JobRun:
         self.job_id = job.id
         self.kind = job.kind
         self.attempt = job.attempt
+        self.fence = job.fence
         self._log_seq = 0
         self.spec = parse_spec(job.spec)
         self.cards = cards
         self.parent_id = job.parent_id
         self.shard_index = job.shard_index
         self.prefix = f"jobs/{job.id}"
+        self.staging = f"{self.prefix}/{STAGING}/{self.fence:06d}"  # this attempt's writes before promotion
         self.work_dir = ctx.work_root / job.id
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.stop_reason: str | None = None  # set by the heartbeat: "cancelled" or "lease lost"
+        self.lease_file = self.work_dir / C.LEASE_FILE
+        self.stop_reason: str | None = None  # set by the heartbeat: "cancelled", "preempted" or "lease lost"
+        self.child: subprocess.Popen | None = None  # the science's guardian while one runs
+        self.refused = 0  # stale effects refused (figures, logs)
         self._last_progress = 0.0
+        self._staged = 0
+        self.renewed(time.time())
 
     @property
     def uses_gpu(self) -> bool:
@@ -119,20 +136,94 @@ class JobRun:
         """The science subprocess's environment: exactly the leased cards, and this job's CPU threads."""
         return child_env(self.cards if self.uses_gpu else None, self.ctx.inventory.cpu_threads, processes)
 
+    # -- the fence ----------------------------------------------------------------------
+    def renewed(self, at: float) -> None:
+        """The lease was renewed at `at` (epoch s): the lease file's mtime becomes the moment by which the
+        science must be gone if no renewal follows (the guardian, worker/launcher.py, watches it)."""
+        deadline = at + self.settings.lease_seconds * (1 - C.SELF_FENCE_MARGIN)
+        self.lease_file.touch()
+        os.utime(self.lease_file, (deadline, deadline))
+
+    def _holds(self, s) -> bool:  # noqa: ANN001 - a Session
+        return states.fence_holds(s, self.job_id, self.ctx.name, self.fence)
+
+    def _refuse(self, what: str) -> StaleAttempt:
+        self.refused += 1
+        self.stop_reason = self.stop_reason or "lease lost"
+        log.warning("job %s: refused a stale write of attempt %d (token %d): %s", self.job_id, self.attempt,
+                    self.fence, what)
+        return StaleAttempt(f"lease lost: attempt {self.attempt} (token {self.fence}) no longer holds the job")
+
+    def holds_lease(self) -> bool:
+        """Whether this attempt's token is still the job's current one (read through the fence)."""
+        if self.stop_reason == "lease lost":
+            return False
+        with session_scope(self.settings.db_url) as s:
+            return self._holds(s)
+
+    def kill_science(self, grace: float) -> None:
+        """Self-fencing: SIGTERM the science's process group, SIGKILL its whole tree after `grace` s. Safe from
+        any thread (the heartbeat calls it whatever the task's thread is doing)."""
+        proc = self.child
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+
     # -- inputs -------------------------------------------------------------------------
     def dataset(self, key: str) -> Path:
         return download_dataset(self.store, key, self.ctx.cache_root)
 
     # -- outputs ------------------------------------------------------------------------
     def upload(self, path: Path, key: str, kind: str) -> None:
-        """Upload, then record the row: a row exists only for an object fully written (sha256 checked)."""
-        info = self.store.put_file(key, path)
+        """Upload to this attempt's staging prefix, then, in one transaction that checks the token (and holds
+        the job row's lock), promote the object to `key` and record its row. A stale attempt's object is
+        deleted and never reaches `key`: it raises StaleAttempt."""
+        self._staged += 1
+        staged = f"{self.staging}/{self._staged:08d}"
+        info = self.store.put_file(staged, path)
+        promoted = False
+        try:
+            with session_scope(self.settings.db_url) as s:
+                if not self._holds(s):
+                    raise self._refuse(f"object {key}")
+                self.store.promote(staged, key)
+                promoted = True
+                row = s.execute(select(Artifact).where(Artifact.job_id == self.job_id, Artifact.key == key)
+                                ).scalar_one_or_none()
+                if row is None:
+                    s.add(Artifact(job_id=self.job_id, key=key, size=info.size, sha256=info.sha256, kind=kind,
+                                   fence=self.fence))
+                else:
+                    row.size, row.sha256, row.kind, row.fence = info.size, info.sha256, kind, self.fence
+        finally:
+            if not promoted:
+                self._forget(staged)
+
+    def _forget(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except Exception as exc:  # noqa: BLE001 - the next claim's clean-up removes it
+            log.warning("job %s: could not delete staged %s: %s", self.job_id, key, exc)
+
+    def delete_artifacts(self, keys: list[str]) -> None:
+        """Delete objects with their rows, fenced like a write (a stale attempt deletes nothing). Rows go
+        first, in key order given: a checkpoint's COMPLETE first, so a half-deleted one is never used."""
+        if not keys:
+            return
         with session_scope(self.settings.db_url) as s:
-            row = s.execute(select(Artifact).where(Artifact.job_id == self.job_id, Artifact.key == key)).scalar_one_or_none()
-            if row is None:
-                s.add(Artifact(job_id=self.job_id, key=key, size=info.size, sha256=info.sha256, kind=kind))
-            else:
-                row.size, row.sha256, row.kind = info.size, info.sha256, kind
+            if not self._holds(s):
+                raise self._refuse(f"deletion of {len(keys)} object(s)")
+            s.execute(delete(Artifact).where(Artifact.job_id == self.job_id, Artifact.key.in_(keys)))
+        for key in keys:
+            self._forget(key)
 
     def upload_tree(self, root: Path, prefix: str, kind: str, skip: Callable[[Path], bool] = lambda p: False) -> int:
         n = 0
@@ -146,7 +237,7 @@ class JobRun:
 
     # -- progress -----------------------------------------------------------------------
     def progress(self, step: int, total: int, stats: dict[str, Any] | None = None, force: bool = False) -> None:
-        """Record progress (throttled to 2 writes/s) and numeric stats as metric points."""
+        """Record progress (throttled to 2 writes/s) and numeric stats as metric points, under the fence."""
         now = time.monotonic()
         numeric = {k: float(v) for k, v in (stats or {}).items()
                    if isinstance(v, (int, float)) and k not in ("step", "total")}
@@ -154,8 +245,11 @@ class JobRun:
             return
         self._last_progress = now
         with session_scope(self.settings.db_url) as s:
-            s.execute(update(Job).where(Job.id == self.job_id).values(
-                progress=(step / total) if total else 0.0, progress_step=step, progress_total=total))
+            res = s.execute(update(Job).where(Job.id == self.job_id, *states.holder_guard(self.ctx.name, self.fence))
+                            .values(progress=(step / total) if total else 0.0, progress_step=step,
+                                    progress_total=total).execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                raise self._refuse(f"progress at step {step}")
             for name, value in numeric.items():
                 s.add(MetricPoint(job_id=self.job_id, name=name, step=step, value=value))
 
@@ -165,8 +259,8 @@ class JobRun:
         if not chunks:
             return
         with session_scope(self.settings.db_url) as s:
-            holder = s.execute(select(Job.lease_owner, Job.attempt).where(Job.id == self.job_id)).one_or_none()
-            if holder is None or tuple(holder) != (self.ctx.name, self.attempt):
+            if not self._holds(s):
+                self.refused += 1
                 return
             for text in chunks:
                 s.add(LogChunk(job_id=self.job_id, attempt=self.attempt, seq=self._log_seq, text=text, at=utcnow()))
@@ -174,24 +268,33 @@ class JobRun:
 
     def metric(self, name: str, value: float, step: int | None = None) -> None:
         with session_scope(self.settings.db_url) as s:
+            if not self._holds(s):
+                raise self._refuse(f"metric {name}")
             s.add(MetricPoint(job_id=self.job_id, name=name, step=step, value=float(value)))
 
     def should_stop(self) -> bool:
         return self.stop_reason is not None
 
-    def holds_lease(self) -> bool:
-        """Whether this attempt still owns the job (same lease owner and attempt): a stale attempt (its lease
-        expired and the job was requeued, maybe to another host) must not write into the job's prefix."""
-        if self.stop_reason == "lease lost":
-            return False
-        with session_scope(self.settings.db_url) as s:
-            holder = s.execute(select(Job.lease_owner, Job.attempt, Job.status).where(Job.id == self.job_id)).one_or_none()
-        return holder is not None and (holder[0], holder[1]) == (self.ctx.name, self.attempt) \
-            and holder[2] in (S.RUNNING.value, S.CANCELLING.value)
+
+STAGING = "_attempts"  # jobs/<id>/_attempts/<token>/…: objects of an attempt not yet promoted (never read)
+
+
+def clean_staging(store: Store, job_id: str, keep_fence: int | None = None) -> int:
+    """Delete staged objects of a job's attempts (all, or all but token `keep_fence`'s); returns how many."""
+    n = 0
+    keep = f"jobs/{job_id}/{STAGING}/{keep_fence:06d}/" if keep_fence is not None else None
+    for obj in list(store.list(f"jobs/{job_id}/{STAGING}/")):
+        if keep is None or not obj.key.startswith(keep):
+            store.delete(obj.key)
+            n += 1
+    return n
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease; notices a cancel request or a lost lease and tells the run to stop."""
+    """Renews the lease under the attempt's token; notices a cancel request, a preemption or a lost lease and
+    tells the run to stop. Self-fencing: when the lease cannot be renewed (taken away, or the database
+    unreachable) for long enough that it may expire, it kills the science itself, whatever the task's
+    thread is doing, before another worker can be given the job."""
 
     def __init__(self, run: JobRun):
         super().__init__(daemon=True, name=f"heartbeat-{run.job_id}")
@@ -199,54 +302,81 @@ class Heartbeat(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        st = self.run_.settings
+        run, st = self.run_, self.run_.settings
+        last_ok = time.time()
+        fence_after = st.lease_seconds * (1 - C.SELF_FENCE_MARGIN)
         while not self.done.wait(st.heartbeat_seconds):
             try:
+                t0 = time.time()
                 with session_scope(st.db_url) as s:
-                    ok = states.renew_lease(s, self.run_.job_id, self.run_.ctx.name, st.lease_seconds)
-                    cancel = s.execute(select(Job.cancel_requested).where(Job.id == self.run_.job_id)).scalar()
+                    ok = states.renew_lease(s, run.job_id, run.ctx.name, st.lease_seconds, fence=run.fence)
+                    flags = s.execute(select(Job.cancel_requested, Job.preempt_requested)
+                                      .where(Job.id == run.job_id)).one_or_none()
+                if ok:
+                    last_ok = t0
+                    run.renewed(t0)
                 if not ok:
-                    self.run_.stop_reason = "lease lost"
-                elif cancel:
-                    self.run_.stop_reason = "cancelled"
-            except OperationalError as exc:  # a database blip: keep trying until the lease runs out
-                log.warning("heartbeat for %s failed: %s", self.run_.job_id, exc)
+                    run.stop_reason = "lease lost"
+                elif flags is not None and flags[0]:
+                    run.stop_reason = "cancelled"
+                elif flags is not None and flags[1] and run.stop_reason is None:
+                    run.stop_reason = "preempted"
+                    log.warning("job %s: %s", run.job_id, flags[1])
+            except Exception as exc:  # a database blip: keep trying until the lease is about to run out
+                log.warning("heartbeat for %s failed: %s", run.job_id, str(exc).splitlines()[0])
+                if time.time() - last_ok > fence_after:
+                    run.stop_reason = "lease lost"
+            if run.stop_reason == "lease lost":
+                log.warning("job %s: lease lost; stopping its science (self-fencing)", run.job_id)
+                run.kill_science(grace=min(1.0, st.lease_seconds * C.SELF_FENCE_MARGIN / 2))
+                return
+
+
+CLAIM_TRIES = 5  # a claim that loses a race (a card leased meanwhile) or hits a blip is retried at once
 
 
 def _claim(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | None:
-    """Claim the job with its cards. None: nothing to claim (duplicate, cancelled). 'busy': not now."""
+    """Claim the job with its cards. None: nothing to claim (duplicate, cancelled). 'busy': not now.
+
+    Any database error (another owner leasing a card between our admission and our insert, a lock timeout,
+    a connection lost, the commit failing) rolls the whole claim back and is retried at once, with a fresh
+    look at which cards are free; after CLAIM_TRIES the job goes back to the queue ('busy'). A claim never
+    raises: a message is only acknowledged once its job is claimed here or sent again."""
+    for i in range(CLAIM_TRIES):
+        try:
+            return _claim_once(ctx, job_id)
+        except SQLAlchemyError as exc:
+            log.info("job %s: claim %d of %d failed (%s); retrying", job_id, i + 1, CLAIM_TRIES,
+                     str(exc).splitlines()[0][:200])
+            time.sleep(random.uniform(0, 0.02 * (i + 1)))  # two racing owners should not collide again
+    return "busy"
+
+
+def _claim_once(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | None:
     with session_scope(ctx.settings.db_url) as s:
         job = s.get(Job, job_id)
         if job is None or job.status != S.QUEUED.value:
             return None
         decision = admit(s, job, ctx.inventory.host, ctx.inventory.cards,
-                         quota=ctx.settings.quota_gpus_per_owner, reserve_after=ctx.settings.reserve_after_seconds)
+                         quota=ctx.settings.quota_gpus_per_owner, reserve_after=ctx.settings.reserve_after_seconds,
+                         fair_share_window=ctx.settings.fair_share_window_seconds)
         if decision.cards is None:
             job.message = decision.reason
             return "busy"
         cards = decision.cards
-        try:
-            claimed = states.claim(s, job_id, owner=ctx.name, lease_seconds=ctx.settings.lease_seconds,
-                                   gpus=[(ctx.inventory.host, c) for c in cards])
-            s.flush()
-        except IntegrityError:
-            return "busy"  # another worker leased a card between our read and our insert
+        claimed = states.claim(s, job_id, owner=ctx.name, lease_seconds=ctx.settings.lease_seconds,
+                               gpus=[(ctx.inventory.host, c) for c in cards])
         if claimed is None:
             return None
         if claimed.parent_id is not None:
             fanout.mark_parent_running(s, claimed.parent_id, actor=ctx.name)
+        s.flush()
         return claimed, cards
 
 
 def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], None]) -> str:
     """Claim, run, record, finish. Returns what happened (for logs and tests); never raises for a job's failure."""
-    try:
-        got = _claim(ctx, job_id)
-    except IntegrityError:
-        got = "busy"
-    except OperationalError as exc:  # a database blip: hand the job to whoever can reach it next
-        log.warning("job %s: could not claim (%s); sending it back", job_id, str(exc).splitlines()[0])
-        got = "busy"
+    got = _claim(ctx, job_id)
     if got is None:
         log.info("job %s: nothing to claim (duplicate delivery or no longer queued)", job_id)
         return "skipped"
@@ -255,14 +385,20 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
         return "busy"
     job, cards = got
     run = JobRun(ctx, job, cards)
+    try:
+        clean_staging(ctx.store, job_id)  # what earlier attempts staged and never promoted
+    except Exception as exc:  # noqa: BLE001 - the store may be down now; the next clean-up removes them
+        log.warning("job %s: could not clean staged objects: %s", job_id, exc)
     beat = Heartbeat(run)
     beat.start()
-    log.info("job %s (%s) claimed by %s with cards %s", job_id, job.kind, ctx.name, cards)
+    log.info("job %s (%s) claimed by %s with cards %s (token %d)", job_id, job.kind, ctx.name, cards, run.fence)
     outcome, reason = S.SUCCEEDED, None
     try:
         handler(run)
         if run.stop_reason == "cancelled":
             outcome, reason = S.CANCELLED, "cancelled by user"
+        elif run.stop_reason is not None:
+            outcome, reason = None, run.stop_reason
     except JobStopped as exc:
         outcome, reason = (S.CANCELLED, "cancelled by user") if run.stop_reason == "cancelled" else (None, str(exc))
     except (JobFailed, MedganError, MedganUserError, StoreError, ValueError) as exc:
@@ -273,18 +409,43 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
     finally:
         beat.done.set()
         beat.join()
+    if run.stop_reason == "preempted" and outcome is None:
+        return _requeue_preempted(ctx, run)
     if run.stop_reason == "lease lost" or outcome is None:
-        log.warning("job %s lost its lease; leaving it to the sweeper", job_id)
+        log.warning("job %s lost its lease (%d stale write(s) refused); leaving it to the sweeper", job_id,
+                    run.refused)
         return "lost"
-    _finish(ctx, run, outcome, reason)
+    if not _finish(ctx, run, outcome, reason):
+        return "lost"
     if outcome is S.SUCCEEDED:
         shutil.rmtree(run.work_dir, ignore_errors=True)
     return outcome.value
 
 
-def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None) -> None:
+def _requeue_preempted(ctx: WorkerContext, run: JobRun) -> str:
+    """The science stopped for a preemption and its final checkpoint is stored: back to the queue."""
     with session_scope(ctx.settings.db_url) as s:
-        states.finish(s, run.job_id, outcome, owner=ctx.name, reason=reason)
+        why = s.execute(select(Job.preempt_requested).where(Job.id == run.job_id)).scalar()
+        job = states.requeue_preempted(s, run.job_id, owner=ctx.name, fence=run.fence, reason=why or "preempted")
+    if job is None:
+        log.warning("job %s: preempted, but its lease was lost meanwhile; leaving it to the sweeper", run.job_id)
+        return "lost"
+    log.info("job %s preempted (%s); requeued", run.job_id, why)
+    dispatch_ready(ctx.settings, [run.job_id])
+    return "preempted"
+
+
+def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None) -> bool:
+    with session_scope(ctx.settings.db_url) as s:
+        done = states.finish(s, run.job_id, outcome, owner=ctx.name, reason=reason, fence=run.fence)
+    if done is None:
+        log.warning("job %s: the final %s was refused (its token %d is stale)", run.job_id, outcome.value,
+                    run.fence)
+        return False
+    try:
+        clean_staging(ctx.store, run.job_id)  # stale attempts that staged after this one's claim
+    except Exception as exc:  # noqa: BLE001
+        log.warning("job %s: could not clean staged objects: %s", run.job_id, exc)
     if run.parent_id:
         # A transaction of its own, after the child's commit: of two shards ending together,
         # the later one then sees both (and the sweeper catches anything missed).
@@ -292,19 +453,33 @@ def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None
             fanout.maybe_finish_parent(s, ctx.store, run.parent_id, actor=ctx.name)
     log.info("job %s %s%s", run.job_id, outcome.value, f": {reason}" if reason else "")
     dispatch_ready(ctx.settings)  # dependents of this job may be ready now
+    return True
 
 
 def _send_back(ctx: WorkerContext, job_id: str) -> None:
     """Not startable here now: put a fresh message back so any worker with room takes it;
-    the job stays QUEUED in the database. The pause keeps a lone busy worker from spinning."""
-    time.sleep(1.0)
-    with session_scope(ctx.settings.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None or job.status != S.QUEUED.value:
-            return
-        kind, priority = job.kind, job.priority
-        job.enqueued_at = utcnow()  # the message is alive: the sweeper need not re-send it
-    send_job(make_celery(ctx.settings), job_id, kind, priority)
+    the job stays QUEUED in the database. The pause keeps a lone busy worker from spinning.
+    When the broker cannot take it, the job is marked never sent: the next sweep sends it."""
+    time.sleep(SEND_BACK_PAUSE_SECONDS)
+    try:
+        with session_scope(ctx.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.status != S.QUEUED.value:
+                return
+            kind, priority = job.kind, job.priority
+            job.enqueued_at = utcnow()  # the message is alive: the sweeper need not re-send it
+        send_job(make_celery(ctx.settings), job_id, kind, priority)
+    except Exception as exc:  # noqa: BLE001 - never lose the job: the sweeper sends what is marked unsent
+        log.warning("job %s: could not send it back (%s); the sweeper will", job_id, str(exc).splitlines()[0])
+        try:
+            with session_scope(ctx.settings.db_url) as s:
+                s.execute(update(Job).where(Job.id == job_id, Job.status == S.QUEUED.value)
+                          .values(enqueued_at=None).execution_options(synchronize_session=False))
+        except Exception:  # noqa: BLE001 - the database is down too: the resend timer covers it
+            pass
+
+
+SEND_BACK_PAUSE_SECONDS = 0.5  # a job no worker can start now bounces at most twice a second
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch's messages carry terminal colour codes

@@ -93,8 +93,10 @@ def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, s
         return STOP if run.should_stop() else None
 
     try:
-        code = run_watched(cmd, env=env, log_path=log_path, on_tick=tick, cwd=cwd)
+        code = run_watched(cmd, env=env, log_path=log_path, on_tick=tick, cwd=cwd, lease_file=run.lease_file,
+                           on_start=lambda proc: setattr(run, "child", proc))
     finally:
+        run.child = None
         shipper.ship(final=True)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None

@@ -71,21 +71,67 @@ def test_cancel_queued_and_running(embedded):
         assert job.status == "CANCELLING" and job.cancel_requested
 
 
-def test_expired_lease_requeues_then_fails_and_frees_cards(embedded):
+def test_lost_leases_are_not_failures_until_the_lease_loss_ceiling(embedded):
+    """max_attempts=2, yet five lost leases in a row requeue the job each time (counted in lease_losses);
+    the separate ceiling (max_lease_losses) ends it, and every loss frees its cards."""
     job_id = _job(embedded, max_attempts=2)
-    for attempt in (1, 2):
+    ceiling = 6
+    for attempt in range(1, ceiling + 1):
         with session_scope(embedded.db_url) as s:
             assert states.claim(s, job_id, owner=f"w{attempt}", lease_seconds=30, gpus=[("h", 0), ("h", 1)])
         with session_scope(embedded.db_url) as s:
             assert s.execute(select(func.count()).select_from(GpuLease)).scalar_one() == 2
-            moved = states.requeue_expired(s, utcnow() + timedelta(seconds=60), actor="test")
-        expected = S.QUEUED if attempt == 1 else S.FAILED
-        assert moved == [(job_id, expected)]
+            moved = states.requeue_expired(s, utcnow() + timedelta(seconds=60), actor="test",
+                                           max_lease_losses=ceiling)
+        expected = S.QUEUED if attempt < ceiling else S.FAILED
+        assert moved == [(job_id, expected)], attempt
         with session_scope(embedded.db_url) as s:
             assert s.execute(select(func.count()).select_from(GpuLease)).scalar_one() == 0
+            job = s.get(Job, job_id)
+            assert (job.lease_losses, job.attempt, job.fence) == (attempt, attempt, attempt)
+    assert job.status == "FAILED" and f"gave up after {ceiling} lost leases" in job.message
+
+
+def test_fencing_token_grows_with_every_claim_and_stale_tokens_are_refused(embedded):
+    """Each claim gets token +1 (a retry, which resets `attempt`, does not reset it); renewals, the fence
+    check and the final transition of an older token are refused, even for the same owner name."""
+    job_id = _job(embedded)
+    tokens = []
+    for i in range(3):
+        with session_scope(embedded.db_url) as s:
+            tokens.append(states.claim(s, job_id, owner="w", lease_seconds=30).fence)
+        with session_scope(embedded.db_url) as s:
+            if i == 1:  # FAILED then an explicit retry: attempt back to 0
+                states.finish(s, job_id, S.FAILED, owner="w", fence=tokens[-1], reason="x")
+                states.transition(s, job_id, S.QUEUED, expect=[S.FAILED], values={"attempt": 0})
+            else:
+                states.requeue_expired(s, utcnow() + timedelta(seconds=60), actor="t")
     with session_scope(embedded.db_url) as s:
-        job = s.get(Job, job_id)
-        assert job.status == "FAILED" and "gave up after 2 attempts" in job.message
+        current = states.claim(s, job_id, owner="w", lease_seconds=30).fence
+    assert tokens + [current] == sorted(set(tokens + [current])), tokens  # strictly increasing
+    with session_scope(embedded.db_url) as s:
+        for stale in tokens:
+            assert not states.renew_lease(s, job_id, "w", 30, fence=stale)
+            assert not states.fence_holds(s, job_id, "w", stale)
+            assert states.finish(s, job_id, S.SUCCEEDED, owner="w", fence=stale) is None
+        # the control: the current token is accepted
+        assert states.renew_lease(s, job_id, "w", 30, fence=current)
+        assert states.fence_holds(s, job_id, "w", current)
+        assert states.finish(s, job_id, S.SUCCEEDED, owner="w", fence=current).status == "SUCCEEDED"
+
+
+def test_preempted_job_goes_back_to_the_queue_through_preempted(embedded):
+    job_id = _job(embedded)
+    with session_scope(embedded.db_url) as s:
+        fence = states.claim(s, job_id, owner="w", lease_seconds=30, gpus=[("h", 0)]).fence
+    with session_scope(embedded.db_url) as s:
+        assert states.requeue_preempted(s, job_id, owner="w", fence=fence + 1, reason="x") is None  # stale
+        job = states.requeue_preempted(s, job_id, owner="w", fence=fence, reason="preempted for job j")
+        assert job.status == "QUEUED" and job.preemptions == 1 and job.lease_losses == 0
+        events = [(e.from_status, e.to_status, e.reason) for e in job.events]
+        assert s.execute(select(func.count()).select_from(GpuLease)).scalar_one() == 0
+    assert events[-2:] == [("RUNNING", "PREEMPTED", "preempted for job j"),
+                           ("PREEMPTED", "QUEUED", events[-1][2])] and "preemption 1" in events[-1][2]
 
 
 def test_renewed_lease_is_not_requeued(embedded):

@@ -9,7 +9,7 @@ import logging
 from worker.launcher import accelerate_command, free_port
 from worker.runtime import JobRun
 from worker.subproc import run_science
-from worker.tasks._common import fetch_checkpoint, newest_checkpoint, science_config
+from worker.tasks._common import fetch_checkpoint, newest_checkpoint, prune_stored_checkpoints, science_config
 
 log = logging.getLogger("medgan.worker")
 
@@ -19,7 +19,7 @@ def handle(run: JobRun) -> None:
     run_dir = run.work_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     # A requeued run resumes: its newest checkpoint comes back from the store (maybe another host).
-    if newest_checkpoint(run.store, run.job_id) is not None:
+    if newest_checkpoint(run.store, run.job_id, run.settings) is not None:
         fetch_checkpoint(run, run.job_id, run_dir / "checkpoints")
     (run_dir / "config.json").write_text(science_config(run).model_dump_json(indent=2))
     data_dir = run.dataset(spec.dataset) if spec.dataset else None
@@ -36,8 +36,16 @@ def handle(run: JobRun) -> None:
                             skip=lambda p: p.name == "COMPLETE")
             run.upload(ckpt / "COMPLETE", f"{run.prefix}/checkpoints/{ckpt.name}/COMPLETE", "checkpoint")
             uploaded.add(ckpt.name)
+            # The local best.json may name a step the store's does not yet: it is uploaded after its checkpoint.
+            prune_stored_checkpoints(run, spec.config.keep_checkpoints, protect={s for s in [local_best()] if s})
         except FileNotFoundError:
             log.info("checkpoint %s was pruned while uploading; the next one will be", ckpt.name)
+
+    def local_best() -> int | None:
+        try:
+            return int(json.loads((run_dir / "best.json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def upload_new() -> None:
         # Only the newest complete checkpoint matters for a resume, and the trainer prunes old ones
