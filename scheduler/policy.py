@@ -105,7 +105,9 @@ def gpu_seconds(session: Session, window: float, owners: list[str] | None = None
 
 def better_waiting(session: Session, job: Job, host: str, free: int, *, window: float,
                    quota: int | None) -> Job | None:
-    """A waiting job (its message out) that ranks before `job` and could start on `host`'s `free` cards now."""
+    """A waiting job (its message out) that ranks before `job` and needs the cards `job` would take: the
+    better-ranked jobs that could start on `host` now keep as many of its `free` cards as they need, and
+    `job` may have the rest. Returns the first of them when the rest is too little, else None."""
     queues = {q for qs in session.execute(select(Worker.queues).where(Worker.host == host)).scalars()
               for q in (qs or [])}
     rivals = session.execute(
@@ -118,13 +120,16 @@ def better_waiting(session: Session, job: Job, host: str, free: int, *, window: 
         return None
     share = gpu_seconds(session, window, sorted({job.owner, *(r.owner for r in rivals)}))
     mine = (job.priority, share[job.owner], job.created_at)
-    for rival in rivals:
+    kept, first = 0, None
+    for rival in sorted(rivals, key=lambda r: (r.priority, share[r.owner], r.created_at)):
         if (rival.priority, share[rival.owner], rival.created_at) >= mine:
-            continue
+            break
         if quota is not None and owner_gpus_in_use(session, rival.owner) + rival.gpus > quota:
             continue  # it could not start here anyway
-        return rival
-    return None
+        if kept + rival.gpus <= free:
+            kept += rival.gpus
+            first = first or rival
+    return first if first is not None and kept + job.gpus > free else None
 
 
 def admit(session: Session, job: Job, host: str, cards: tuple[int, ...], *, quota: int | None,
