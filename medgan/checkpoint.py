@@ -274,6 +274,11 @@ def load_generator(ckpt_dir: Path, name: str = "generator_ema",
         raise CheckpointError(f"checkpoint {ckpt_dir} has no exported generator ({name}.safetensors)")
     net = builder(cfg)
     try:
+        if getattr(net, "uses_bank", False):  # the mask bank's size is the run's: read it before loading
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                net.set_mask_bank(f.get_tensor("mask_bank"), f.get_tensor("lesion_classes"))
         load_model(net, str(path), device=str(device))
     except Exception as exc:
         raise CheckpointError(f"generator weights in {path} do not load: {exc}") from exc

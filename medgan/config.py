@@ -76,6 +76,10 @@ class TrainConfig(_Frozen):
                          description="ADA pipeline, comma separated")
     mask_coupling: Literal["none", "segmenter"] = Field(
         "none", description="with_masks: how the mask channel is tied to the lesions it marks (medgan.coupling)")
+    mask_source: Literal["generated", "bank"] = Field(
+        "generated", description="with_masks: 'generated': G emits the mask channel; 'bank': each lesion-class "
+                                 "sample takes a real mask of the run (chosen by its noise) and G draws the image "
+                                 "around it (mask first; medgan.models.cgan)")
     mask_weight: float = Field(1.0, ge=0, description="weight of the mask-coupling terms")
     mask_segmenter_steps: int = Field(300, ge=1, le=100_000, description="fit steps of the coupling's segmenter")
     probes: bool = Field(True, description="quality probes on a fixed sample at every checkpoint (GAN runs)")
@@ -100,6 +104,12 @@ class TrainConfig(_Frozen):
         if v < 16 or v > 256 or v & (v - 1):
             raise ValueError("image_size must be a power of two between 16 and 256")
         return v
+
+    @model_validator(mode="after")
+    def _mask_source(self) -> "TrainConfig":
+        if self.mask_source == "bank" and not (self.with_masks and self.model == "cgan"):
+            raise ValueError("mask_source='bank' needs model='cgan' and with_masks=True")
+        return self
 
     @field_validator("diffaug")
     @classmethod

@@ -110,3 +110,15 @@ def coupling_loss(mask_logit: torch.Tensor, image: torch.Tensor, seg: LesionSegm
         target = torch.sigmoid(seg(image.detach()).float())  # [N, 1, S, S] what S reads as lesion
     follow = _seg_loss(2 * mask_logit.float(), target, pos_weight.to(target.device))
     return follow, {"mask_follow_image": follow.detach(), "seg_px": (target > 0.5).float().mean()}
+
+
+def image_follows_mask(image: torch.Tensor, mask: torch.Tensor, seg: LesionSegmenter,
+                       pos_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The coupling of `mask_source="bank"` (mask first): the mask [N, 1, S, S] {0, 1} is given (a real
+    mask, or empty for a healthy sample), so the term runs the other way - S, frozen, must read the lesion
+    in the generated image [N, C, S, S] where the mask is and nowhere else; the gradient reaches the image
+    through S. The runaway of the image direction (module docstring) needed a free mask to chase; a bank
+    mask cannot spread, and the discriminator, which sees the (image, mask) pair, keeps the lesion real."""
+    logits = seg(image).float()  # [N, 1, S, S]; S has requires_grad False, the image does not
+    loss = _seg_loss(logits, mask.float(), pos_weight.to(logits.device))
+    return loss, {"image_follow_mask": loss.detach(), "seg_px": (logits.detach() > 0).float().mean()}

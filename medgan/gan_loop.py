@@ -26,7 +26,7 @@ import torch
 from medgan import rundir
 from medgan.callbacks import Callbacks
 from medgan.config import TrainConfig
-from medgan.coupling import coupling_loss, fit_segmenter, lesion_weight
+from medgan.coupling import coupling_loss, fit_segmenter, image_follows_mask, lesion_weight
 from medgan.data import ImageDataset, training_dataset
 from medgan.diffaug import AdaState, ada_augment, diff_augment
 from medgan.errors import DataError
@@ -74,13 +74,15 @@ class GanTrainer:
         self.x_dev = self.x.to(dev) if self.x.numel() * 4 < 2**30 else None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         g, d = build_generator(cfg), build_discriminator(cfg)
+        self.lesion_classes, self.real_mask_share = self._lesion_classes()
+        if getattr(g, "uses_bank", False):  # mask first: the lesion-class masks of the run (medgan.models.cgan)
+            g.set_mask_bank(data.masks[self.lesion_classes[self.y]], self.lesion_classes)
         self.ema = copy.deepcopy(g).eval().requires_grad_(False).to(dev)
         betas = (0.5, 0.999) if cfg.model == "dcgan" else (0.0, 0.999)  # DCGAN paper / SNGAN-BigGAN
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=betas)
         opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=betas)
         self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(g, d, opt_g, opt_d)
         self.ada = AdaState(cfg.ada_p, cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, cfg.ada)
-        self.lesion_classes, self.real_mask_share = self._lesion_classes()
         self.seg, self.seg_stats = None, {}
         if cfg.with_masks and cfg.mask_coupling == "segmenter":
             self.seg, self.seg_stats = fit_segmenter(data.images, data.masks, cfg.seed, cfg.mask_segmenter_steps,
@@ -159,7 +161,12 @@ class GanTrainer:
             with acc.autocast():
                 loss_g = g_loss(self.d(self._augment(fake, gen), y).float(), cfg.loss)
             out["loss_g_adv"] = loss_g.detach()
-            if self.seg is not None:
+            if self.seg is not None and cfg.mask_source == "bank":  # the mask is given: the image follows it
+                coupling, parts = image_follows_mask(fake[:, :c], (raw[:, c:] > 0).float(), self.seg,
+                                                     self.pos_weight)
+                loss_g = loss_g + cfg.mask_weight * coupling
+                out.update(parts)
+            elif self.seg is not None:
                 coupling, parts = coupling_loss(raw[:, c:], fake[:, :c], self.seg, self.pos_weight)
                 loss_g = loss_g + cfg.mask_weight * coupling
                 out.update(parts)

@@ -17,6 +17,9 @@ def build_generator(cfg: TrainConfig) -> nn.Module:
     cls = {"dcgan": DCGenerator, "cgan": ResGenerator}.get(cfg.model)
     if cls is None:
         raise ValueError(f"no GAN generator for model {cfg.model!r}")
+    if cfg.model == "cgan":
+        return cls(cfg.image_size, cfg.channels, cfg.num_classes, cfg.z_dim, cfg.base_channels, cfg.with_masks,
+                   mask_bank=cfg.mask_source == "bank")
     return cls(cfg.image_size, cfg.channels, cfg.num_classes, cfg.z_dim, cfg.base_channels, cfg.with_masks)
 
 

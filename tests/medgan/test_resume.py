@@ -18,7 +18,7 @@ from medgan.train import train
 FILES = ["model.safetensors", "model_1.safetensors", "generator_ema.safetensors"]
 
 
-def _cfg() -> TrainConfig:
+def _cfg(**kw) -> TrainConfig:
     # ADA moves p fast (0.32 per 2-step interval) so its state matters; stopping after 3 steps leaves
     # the sign accumulators of an unfinished interval in the checkpoint.
     return TrainConfig(model="cgan", image_size=16, base_channels=8, z_dim=16, batch_size=8, steps=6,
@@ -26,7 +26,7 @@ def _cfg() -> TrainConfig:
                        with_masks=True, r1_gamma=0.5, r1_every=2, diffaug="color,translation,cutout",
                        ada=True, ada_p=0.5, ada_kimg=0.05, ada_interval=2, mask_coupling="segmenter",
                        mask_segmenter_steps=5, probes=False, tensorboard=False,
-                       phantom=PhantomSpec(count=16, size=16))
+                       phantom=PhantomSpec(count=16, size=16), **kw)
 
 
 def _stop_after(n: int) -> Callbacks:
@@ -48,14 +48,15 @@ def _stats(run) -> list[tuple]:
     return [(r["step"], r["loss_d"], r["loss_g"], r["ada_p"], r.get("ada_rt")) for r in rows]
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("mask_source", ["generated", "bank"])
+def test_resume_is_exact(tmp_path, mask_source):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train(_cfg(), straight)["step"] == 6
-    first = train(_cfg(), resumed, callbacks=_stop_after(3))
+    assert train(_cfg(mask_source=mask_source), straight)["step"] == 6
+    first = train(_cfg(mask_source=mask_source), resumed, callbacks=_stop_after(3))
     assert first == {"status": "stopped", "step": 3, "reason": "stop requested"}
     ada = json.loads((latest_checkpoint(resumed) / "extra.json").read_text())["loop"]["ada"]
     assert ada["count"] == 8 and ada["p"] != 0.5  # mid-interval: one step's signs are part of the state
-    assert train(_cfg(), resumed) == {"status": "completed", "step": 6, "reason": None}
+    assert train(_cfg(mask_source=mask_source), resumed) == {"status": "completed", "step": 6, "reason": None}
     a, b = latest_checkpoint(straight), latest_checkpoint(resumed)
     assert a.name == b.name == "step-000006"
     assert _differences(a, b) == []

@@ -251,3 +251,35 @@ def test_too_few_images_for_the_probes_trains_anyway_and_says_so(tmp_path, caplo
     assert not _rows(tmp_path / "run", "probe")
     with pytest.raises(Exception, match="no best snapshot"):
         select_checkpoint(tmp_path / "run", "best")
+
+
+def test_mask_first_generator_draws_real_masks_for_lesions_only(tmp_path):
+    """mask_source="bank": every lesion-class sample carries one of the run's real lesion masks (never an empty
+    one), every healthy sample an empty mask, the choice is a function of the sample's noise (so generation
+    stays reproducible), and the exported generator loads with its bank."""
+    cfg, result = _small_data_run(tmp_path, mask_source="bank")
+    assert result["status"] == "completed"
+    g, tcfg = load_generator(select_checkpoint(tmp_path, "last"))
+    assert tcfg.mask_source == "bank" and len(g.mask_bank) == 20  # the 20 lesion images of 40
+    real = make_phantom(cfg.phantom)
+    bank = {m.astype(bool).tobytes() for m, label in zip(real[2], real[1]) if label == 1}
+    z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(64) % 2
+    with torch.no_grad():
+        out, again = g(z, y), g(z, y)
+    assert torch.equal(out, again)
+    masks = out[:, 1] > 0  # [64, S, S]
+    assert not masks[y == 0].any()
+    assert all(masks[i].numpy().tobytes() in bank for i in range(64) if y[i] == 1)
+    assert len({masks[i].numpy().tobytes() for i in range(64) if y[i] == 1}) >= 8  # the noise picks many masks
+    probes = _rows(tmp_path, "probe")
+    assert probes and all(p["probe/mask_nonempty_lesion"] == 1.0 for p in probes)
+    rows = _rows(tmp_path)
+    assert all("image_follow_mask" in r for r in rows if "loss_g" in r)
+
+
+def test_mask_first_needs_a_conditional_gan_with_masks():
+    with pytest.raises(ValueError, match="mask_source='bank' needs"):
+        tiny(mask_source="bank")  # with_masks is off
+    with pytest.raises(ValueError, match="mask_source='bank' needs"):
+        tiny(model="dcgan", with_masks=True, mask_source="bank")
