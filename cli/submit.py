@@ -240,22 +240,58 @@ def enhance(
         owner=owner, after=after))
 
 
-@command(app, "evaluate", example="medgan evaluate --from 9c41 --seeds 3")
+@command(app, "evaluate", example="medgan evaluate --from 9c41 --seeds 3  |  medgan evaluate --synthetic ./samples "
+                                   "--out ./eval")
 def evaluate(
-    source: Annotated[str, typer.Option("--from", help="the generate job (id, unique prefix or name) whose images "
-                                                       "to judge")],
-    real: Annotated[Optional[str], typer.Option(help="real images (default: the phantom the GAN trained on)")] = None,
-    seeds: Annotated[Optional[int], typer.Option(help="seeds per utility arm")] = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="the generate job (id, unique prefix or name) "
+                                                                 "whose images to judge, as a queued job")] = None,
+    synthetic: Annotated[Optional[Path], typer.Option(
+        help="judge this folder here and now instead (any generator's output: a generate folder with "
+             "manifest.csv, class sub-folders or labels.csv; masks as <stem>_mask.png or masks/ beside)")] = None,
+    real: Annotated[Optional[str], typer.Option(help="real images (default: the phantom the GAN trained on; "
+                                                     "with --synthetic: the phantom of --phantom-count)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="with --synthetic: output folder (metrics.json, "
+                                                     "report.html)")] = None,
+    phantom_count: Annotated[Optional[int], typer.Option(help="with --synthetic and no --real: phantom images "
+                                                              "(the first --set real_train_count=N are the "
+                                                              "GAN's training images)")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="downstream seeds per utility arm")] = None,
     real_per_class: Annotated[Optional[int], typer.Option(help="real training images per class")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="epochs of each downstream model")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimiser steps of every classifier arm (budget parity)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="epochs of the proxy feature extractor")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
     idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
     sweep: Sweep = None, wait: Wait = False, json_: Json = False,
 ) -> None:
-    """Judge synthetic images: FID/KID/precision-recall and downstream utility."""
-    cfg = build_config(config, set_, seeds=seeds, real_per_class=real_per_class, epochs=epochs)
-    do_submit("evaluate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep, fields=dict(
-        source_job=source, dataset=real, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
+    """Judge synthetic images: sanity gates, FID/KID/precision-recall beside a real-vs-real floor, and the
+    utility study (every arm at the same optimiser steps, paired tests against real-only)."""
+    cfg = build_config(config, set_, seeds=seeds, real_per_class=real_per_class, steps=steps, epochs=epochs)
+    if synthetic is None:
+        if source is None:
+            fail("name the images to judge: --from <generate job> (queued) or --synthetic <folder> (here)")
+        do_submit("evaluate", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep,
+                  fields=dict(source_job=source, dataset=real, gpus=gpus, priority=priority, name=name, owner=owner,
+                              after=after))
+        return
+    if source is not None or sweep:
+        fail("--synthetic runs here: it takes no --from or --sweep")
+    from cli.evaluate import evaluate_local
+
+    def progress(step: int, total: int, stats: dict) -> None:
+        if not json_:
+            err_console.print(f"[{step}/{total}] {stats.get('phase')} {stats.get('arm', '')}", highlight=False)
+
+    info = evaluate_local(synthetic, Path(real) if real else None, out or Path(f"evaluate-{synthetic.name}"), cfg,
+                          {"count": phantom_count} if phantom_count else None, progress)
+    if json_:
+        print_json(info)
+        return
+    if info["gates"]:
+        console.print(("gates: " if info["gates_passed"] else "[bold red]gates FAILED:[/] ") + info["gates"],
+                      highlight=False, soft_wrap=True)
+    for line in info["verdicts"]:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"report: {info['report']}", highlight=False)
 
 
 @command(app, "submit", example="medgan submit spec.yaml --sweep seed=0..4 --wait  |  medgan submit jobs.jsonl")

@@ -193,7 +193,8 @@ class EvaluateConfig(_Frozen):
     seeds: int = Field(3, ge=1, le=20)
     real_per_class: int | None = Field(None, ge=1, description="limit real training images per class")
     synthetic_per_class: int | None = Field(None, ge=1)
-    epochs: int = Field(15, ge=1, le=1000)
+    epochs: int = Field(15, ge=1, le=1000, description="epochs of the proxy feature extractor (the utility arms "
+                        "train for `steps`, not epochs)")
     kid_subsets: int = Field(50, ge=1)
     kid_subset_size: int = Field(100, ge=2)
     feature_weights: str | None = Field(None, description="local Inception weights file (optional)")
@@ -209,3 +210,41 @@ class EvaluateConfig(_Frozen):
     bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples of the test images (0: off)")
     batch_size: int = Field(32, ge=1, le=4096, description="batch size of the downstream networks")
     read: ReadPolicy = Field(default_factory=ReadPolicy, description="how the real set's files are read")
+    # The utility study's protocol (medgan.evaluate.utility): budget parity, arms, replication, endpoints.
+    steps: int = Field(600, ge=1, le=10_000_000, description="optimiser steps of every classifier arm (budget "
+                       "parity); 600 lets the real-only classifier converge on the 32 px phantom")
+    seg_steps: int = Field(800, ge=1, le=10_000_000, description="optimiser steps of every segmenter arm")
+    seg_batch_size: int = Field(16, ge=1, le=4096, description="batch size of the downstream segmenter")
+    eval_every: int = Field(50, ge=1, description="steps between two points of the validation learning curve")
+    stopping: Literal["fixed", "early"] = Field(
+        "fixed", description="fixed: the weights after the last step; early: the weights of the lowest loss "
+        "on the real validation split, stopping after `patience` evaluations without improvement")
+    patience: int = Field(4, ge=1, le=1000)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the real training images carved off "
+                                "as the validation split of the learning curves (stratified)")
+    synthetic_share: float = Field(0.5, gt=0, lt=1, description="share of every mixed batch drawn from the "
+                                   "synthetic set (real-duplicated: from a second copy of the real set)")
+    arms: tuple[str, ...] = Field(("real", "real+aug", "real+synthetic", "real+aug+synthetic", "real-duplicated",
+                                   "synthetic"), description="utility arms; 'real' (the baseline) always runs")
+    draws: int = Field(1, ge=1, le=100, description="independent synthetic draws the set is cut into; seed s "
+                       "trains on draw s mod draws")
+    primary_classification: Literal["balanced_accuracy", "accuracy"] = Field(
+        "balanced_accuracy", description="pre-declared primary endpoint of the classifier arms")
+    primary_segmentation: Literal["dice"] = Field(
+        "dice", description="pre-declared primary endpoint of the segmenter arms: per-image Dice on lesion images")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level of the verdicts (Holm-adjusted)")
+    gates: Literal["flag", "refuse", "off"] = Field(
+        "flag", description="sanity gates of the synthetic set before the utility study: flag failures loudly, "
+        "refuse to run the study, or skip the gates")
+    judge_steps: int = Field(400, ge=10, le=100_000, description="training steps of each sanity-gate judge")
+    feature_fraction: float = Field(0.3, gt=0, lt=1, description="share of the held-out real images (never seen "
+                                    "by the GAN) used to train the feature extractor; the rest is the test split")
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("real", "real+aug", "real+synthetic", "real+aug+synthetic", "real-duplicated", "synthetic")
+        bad = [a for a in v if a not in known]
+        if bad:
+            raise ValueError(f"unknown utility arm(s) {bad}; choose from {', '.join(known)}")
+        return tuple(dict.fromkeys(v))

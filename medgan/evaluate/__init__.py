@@ -1,14 +1,21 @@
-"""Evaluation of a synthetic set: distribution quality (FID/KID/PR) and downstream utility.
+"""Evaluation of a synthetic set: sanity gates, distribution quality (FID/KID/PR) and downstream utility.
 
 Entry point `evaluate(...)` (contract in docs/INTERFACES.md). Order of work:
 1. read the real set (a folder via `medgan.data`, or the bundled phantom) and the synthetic folder;
-2. split the real set once (stratified, seed 0) into train/test; `real_per_class` then thins the TRAIN
-   split only, to simulate a low-data regime, while the test split stays fixed for every condition;
-3. build the feature extractor (the user's TorchScript Inception, else a CNN trained on the real train
-   split) and compute synthetic-vs-real distances plus a real-train-vs-real-test reference (the floor
-   the distances can reach at these sample sizes);
-4. utility: classifier (and segmenter when masks exist) over seeds, real / real+synthetic / synthetic;
-5. write metrics.json, utility.csv, side_by_side.png and utility.png.
+2. split the real set once (seed 0) into three disjoint parts:
+   - the POOL: the GAN's training images when known (`real_train_count`: the first N), else a stratified
+     share; `real_per_class` thins it, and a stratified `val_fraction` of it becomes the real validation
+     split of the learning curves; the rest trains the downstream arms;
+   - the FEATURE split (`feature_fraction` of the rest): trains the proxy feature extractor and gives the
+     sanity judges their held-out references (images the GAN never saw);
+   - the TEST split: the rest; every arm is scored on it, and it is the distribution metrics' reference
+     pool, which therefore never holds a GAN training image;
+3. sanity gates of the synthetic set (`medgan.evaluate.sanity`), judges trained on the pool;
+   `gates="refuse"` stops here when one fails, `"flag"` goes on and says so in every verdict;
+4. distribution metrics in three spaces (trained proxy CNN, pixel PCA, a fixed random CNN): synthetic vs
+   one half of the test split beside the other half vs the same half at equal n (the real-vs-real floor);
+5. utility (`medgan.evaluate.utility`): every arm at the same optimiser steps, paired comparisons;
+6. write metrics.json, utility.csv and the figures (side by side, learning curves, utility).
 """
 
 from __future__ import annotations
@@ -25,18 +32,20 @@ from medgan.callbacks import Callbacks
 from medgan.config import EvaluateConfig, PhantomSpec
 from medgan.errors import DataError
 from medgan.evaluate.distance import distribution_metrics
-from medgan.evaluate.features import build_extractor
+from medgan.evaluate.features import PixelPCA, RandomCNN, build_extractor
+from medgan.evaluate.sets import disjoint
 from medgan.evaluate.utility import (
+    UTILITY_FIELDS,
+    Budget,
     LabeledSet,
     limit_per_class,
-    run_classification,
-    run_segmentation,
+    run_task,
+    split_draws,
     stratified_split,
     utility_rows,
 )
 
-SPLIT_SEED = 0  # the real train/test split is the same for every condition and seed
-UTILITY_FIELDS = ["task", "condition", "metric", "mean", "sd", "n_seeds", "ci_low", "ci_high", "boot_low", "boot_high"]
+SPLIT_SEED = 0  # the real splits are the same for every arm and seed
 
 __all__ = ["evaluate", "load_synthetic", "load_real"]
 
@@ -62,22 +71,29 @@ def _png_to_array(path: Path, size: int, channels: int, nearest: bool = False) -
     return t[0].clamp(0, 1).numpy()
 
 
-def load_synthetic(folder: Path, size: int, channels: int) -> tuple[LabeledSet, dict]:
-    """A generation output folder: `{i:06d}.png` (+ `{i:06d}_mask.png`) listed by `manifest.csv`.
+def load_synthetic(folder: Path, size: int, channels: int, read=None) -> tuple[LabeledSet, dict]:
+    """A synthetic set from any generator.
 
-    Without a manifest, every non-mask PNG is read with label 0 (said in the returned info).
+    - a generate job's output: `{i:06d}.png` (+ `{i:06d}_mask.png`) listed by `manifest.csv` (file, label);
+    - any other folder through the one reader, `medgan.data.load_dataset`: labels from `labels.csv` or
+      class sub-folders (or label 0 for a flat folder), masks from `masks/<stem>.png` or `<stem>_mask.png`
+      beside the images. `class_names` in the info lets the caller map sub-folder names onto real classes.
     Masks are kept only when every image has one.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"synthetic folder not found: {folder}")
     manifest = folder / "manifest.csv"
-    if manifest.is_file():
-        with open(manifest, newline="") as fh:
-            rows = sorted(csv.DictReader(fh), key=lambda r: int(r.get("index") or 0))
-        entries = [(folder / r["file"], int(r.get("label") or 0)) for r in rows]
-    else:
-        entries = [(p, 0) for p in sorted(folder.glob("*.png")) if not p.stem.endswith("_mask")]
+    if not manifest.is_file():
+        from medgan.data import load_dataset
+
+        ds = load_dataset(folder, size, channels, policy=read)  # images [N, C, S, S] in [-1, 1]
+        data = LabeledSet(ds.images.float(), ds.labels.long(), ds.masks)
+        return data, {"source": str(folder), "count": len(data), "manifest": False, "masks": ds.masks is not None,
+                      "class_names": list(ds.class_names), "skipped_files": len(ds.skipped)}
+    with open(manifest, newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: int(r.get("index") or 0))
+    entries = [(folder / r["file"], int(r.get("label") or 0)) for r in rows]
     if not entries:
         raise DataError(f"no synthetic images in {folder}")
     missing = [str(p) for p, _ in entries if not p.is_file()]
@@ -90,7 +106,7 @@ def load_synthetic(folder: Path, size: int, channels: int) -> tuple[LabeledSet, 
         masks = np.stack([_png_to_array(m, size, 1, nearest=True) > 0.5 for m in mask_paths])  # [N, 1, H, W]
         masks = torch.from_numpy(masks.astype(np.float32))
     data = LabeledSet(torch.from_numpy(images * 2.0 - 1.0), torch.tensor([l for _, l in entries]), masks)
-    return data, {"source": str(folder), "count": len(data), "manifest": manifest.is_file(), "masks": masks is not None}
+    return data, {"source": str(folder), "count": len(data), "manifest": True, "masks": masks is not None}
 
 
 def load_real(real_dir: Path | None, phantom: PhantomSpec | None, size: int, channels: int) -> tuple[LabeledSet, dict]:
@@ -103,7 +119,10 @@ def load_real(real_dir: Path | None, phantom: PhantomSpec | None, size: int, cha
         imgs, labels, masks = make_phantom(phantom, size=size)  # [N, H, W] in [0, 1], [N], [N, H, W]
         x = torch.from_numpy(imgs)[:, None].repeat(1, channels, 1, 1) * 2.0 - 1.0  # [N, C, H, W]
         m = torch.from_numpy(masks)[:, None].float()  # [N, 1, H, W]
-        return LabeledSet(x, torch.from_numpy(labels), m), {"source": "phantom", "phantom": phantom.model_dump()}
+        from medgan.phantom import CLASS_NAMES
+
+        return LabeledSet(x, torch.from_numpy(labels), m), {"source": "phantom", "phantom": phantom.model_dump(),
+                                                            "class_names": list(CLASS_NAMES)}
     from medgan.data import load_dataset
 
     ds = load_dataset(Path(real_dir), size, channels)  # ImageDataset: images [N, C, S, S] in [-1, 1]
@@ -111,6 +130,17 @@ def load_real(real_dir: Path | None, phantom: PhantomSpec | None, size: int, cha
         raise DataError(f"no real images in {real_dir}")
     info = {"source": str(real_dir), "class_names": list(ds.class_names), "skipped_files": len(ds.skipped)}
     return LabeledSet(ds.images.float(), ds.labels.long(), ds.masks), info
+
+
+def _by_name(synth: LabeledSet, syn_names: list[str] | None, real_names: list[str] | None) -> LabeledSet:
+    """Synthetic class sub-folders named like real classes take the real class's label."""
+    if not syn_names or not real_names or syn_names == real_names[: len(syn_names)]:
+        return synth
+    lut = {i: real_names.index(n) for i, n in enumerate(syn_names) if n in real_names}
+    if len(lut) < len(syn_names):
+        unknown = [n for n in syn_names if n not in real_names]
+        raise DataError(f"synthetic classes {unknown} are not real classes ({', '.join(real_names)})")
+    return LabeledSet(synth.images, torch.tensor([lut[int(c)] for c in synth.labels]), synth.masks)
 
 
 def _remap_labels(real: LabeledSet, synth: LabeledSet) -> tuple[list[int], LabeledSet, dict]:
@@ -125,23 +155,85 @@ def _remap_labels(real: LabeledSet, synth: LabeledSet) -> tuple[list[int], Label
     return classes, synth, {"synthetic_dropped_unknown_class": dropped}
 
 
-def _quality(extractor, train: LabeledSet, test: LabeledSet, synth: LabeledSet, cfg: EvaluateConfig) -> dict:
-    """Synthetic vs all real, plus the real-train vs real-test reference floor."""
-    f_train, f_test, f_syn = extractor(train.images), extractor(test.images), extractor(synth.images)  # [N, D]
-    f_real = np.concatenate([f_train, f_test])
+def _splits(cfg: EvaluateConfig, real: LabeledSet) -> tuple[dict[str, np.ndarray], str]:
+    """Index arrays of the real set: gan_pool, train, val, feature, test (disjoint; see the module doc)."""
+    labels = real.labels.numpy()
+    if cfg.real_train_count is not None:
+        if cfg.real_train_count >= len(real):
+            raise DataError(f"real_train_count {cfg.real_train_count} leaves no test images of {len(real)}")
+        pool, held = np.arange(cfg.real_train_count), np.arange(cfg.real_train_count, len(real))
+        rule = f"the first {cfg.real_train_count} real images are the GAN's training images (the pool)"
+    else:
+        pool, held = stratified_split(labels, cfg.test_fraction, SPLIT_SEED)
+        rule = (f"GAN training images unknown: a stratified {1 - cfg.test_fraction:g} of the real images is the "
+                "pool (treated as the GAN's training images)")
+    h_rest, h_feat = stratified_split(labels[held], cfg.feature_fraction, SPLIT_SEED + 1)
+    feature, test = held[h_feat], held[h_rest]
+    thinned = pool[limit_per_class(labels[pool], cfg.real_per_class, seed=SPLIT_SEED)]
+    t_rest, t_val = stratified_split(labels[thinned], cfg.val_fraction, SPLIT_SEED + 2)
+    parts = {"gan_pool": pool, "train": thinned[t_rest], "val": thinned[t_val], "feature": feature, "test": test}
+    disjoint(train=parts["train"], val=parts["val"], feature=feature, test=test)
+    disjoint(gan_pool=pool, feature=feature, test=test)
+    rule += (f"; real_per_class={cfg.real_per_class} thins the pool, {cfg.val_fraction:g} of it is the validation "
+             f"split; of the other real images {cfg.feature_fraction:g} train the feature extractor and the rest "
+             "are the test split (the distribution metrics' reference pool)")
+    return parts, rule
+
+
+def _quality(spaces: list, test: LabeledSet, synth: LabeledSet, cfg: EvaluateConfig, proxy: bool) -> dict:
+    """Per feature space: synthetic vs test half A, and test half B vs half A at equal n (the floor)."""
+    rest, half = stratified_split(test.labels.numpy(), 0.5, SPLIT_SEED + 3)
+    ref, other = test.subset(rest), test.subset(half)
+    n = min(len(other), len(synth))
+    syn_eq = synth.subset(limit_per_class(synth.labels.numpy(), None, 0)[
+        np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(synth))[:n])])
     kw = {"kid_subsets": cfg.kid_subsets, "kid_subset_size": cfg.kid_subset_size, "k": cfg.pr_k}
-    out = {
-        "synthetic_vs_real": distribution_metrics(f_real, f_syn, extractor.name, **kw),
-        "reference_real_train_vs_real_test": distribution_metrics(f_train, f_test, extractor.name, **kw),
-    }
-    per_class = {}
-    real_labels = np.concatenate([train.labels.numpy(), test.labels.numpy()])  # rows of f_real
-    for c in torch.unique(synth.labels).tolist():
-        r, s = f_real[real_labels == c], f_syn[synth.labels.numpy() == c]
-        if len(r) >= 2 and len(s) >= 2:
-            per_class[str(c)] = distribution_metrics(r, s, extractor.name, **kw)["kid"]
-    out["per_class_kid"] = per_class
+    out: dict = {"proxy": proxy, "n_reference": len(ref), "n_compared": n,
+                 "rule": "reference pool: half of the real test split (never a GAN training image); floor: the "
+                         "other half against it at the same n as the synthetic side",
+                 "spaces": {}}
+    for space in spaces:
+        f_ref, f_other, f_syn = space(ref.images), space(other.images[:n]), space(syn_eq.images)  # [N, D]
+        out["spaces"][space.name] = {
+            "describe": space.describe(),
+            "synthetic_vs_real": distribution_metrics(f_ref, f_syn, space.name, **kw),
+            "real_vs_real_floor": distribution_metrics(f_ref, f_other, space.name, **kw),
+        }
+    if n < 2048:
+        out["flag"] = (f"n = {n} < 2048: FID is biased at this size (compare it only with the real-vs-real floor "
+                       "at the same n; KID is the better figure here)")
+    if proxy:
+        out["label"] = ("PROXY: no local Inception/RadImageNet weights file was named (feature_weights); these "
+                        "figures are not comparable with published FIDs")
     return out
+
+
+def _gates(cfg: EvaluateConfig, real: LabeledSet, parts: dict, synth: LabeledSet) -> dict:
+    """Sanity gates of the synthetic set; judges trained on the pool's training split, referenced on the
+    feature split (images the GAN never saw); copies are looked for among the GAN's training images."""
+    from medgan.evaluate import sanity
+
+    train, held = real.subset(parts["train"]), real.subset(parts["feature"])
+    judges = sanity.train_judges(train.images, train.labels, train.masks, held_out=held,
+                                 copy_pool=real.images[torch.as_tensor(parts["gan_pool"])],
+                                 steps=cfg.judge_steps, seed=0)
+    result = sanity.check(judges, synth.images, synth.labels, synth.masks)
+    result["line"] = sanity.summary_line(result)
+    return result
+
+
+def _figures(out_dir: Path, real: LabeledSet, synth: LabeledSet, utility: dict) -> dict:
+    from medgan.evaluate.report import learning_curve_figure, side_by_side_figure, utility_figure
+
+    figs = {"side_by_side": "side_by_side.png"}
+    side_by_side_figure(real.images, synth.images, out_dir / figs["side_by_side"], real.labels, synth.labels)
+    if utility:
+        figs["learning_curves"] = "learning_curves.png"
+        learning_curve_figure(utility, out_dir / figs["learning_curves"])
+        if any(u.get("comparisons") for u in utility.values()):
+            figs["utility"] = "utility.png"
+            utility_figure(utility, out_dir / figs["utility"])
+    return figs
 
 
 def evaluate(
@@ -152,71 +244,114 @@ def evaluate(
     phantom: PhantomSpec | None = None,
     callbacks: Callbacks | None = None,
 ) -> dict:
-    """Quality and utility of the synthetic set in `synthetic_dir`; writes metrics.json, utility.csv, figures.
+    """Gates, quality and utility of the synthetic set in `synthetic_dir`; writes metrics.json, utility.csv
+    and figures into `out_dir`.
 
-    Returns the metrics dict (as written to metrics.json); `status` is "stopped" when `should_stop`
-    fired, in which case the figures cover the seeds completed so far.
+    Returns the metrics dict (as written to metrics.json). `status`: "completed"; "stopped" when
+    `should_stop` fired (the figures cover the seeds completed so far); "refused" when a sanity gate
+    failed under `gates="refuse"` (then DataError is raised after metrics.json is written).
     """
-    from medgan.evaluate.report import side_by_side_figure, utility_figure
-
     cb = callbacks or Callbacks()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     real, real_info = load_real(real_dir, phantom, cfg.image_size, cfg.channels)
-    synth, syn_info = load_synthetic(Path(synthetic_dir), cfg.image_size, cfg.channels)
+    synth, syn_info = load_synthetic(Path(synthetic_dir), cfg.image_size, cfg.channels, cfg.read)
+    synth = _by_name(synth, syn_info.get("class_names"), real_info.get("class_names"))
     classes, synth, drop_info = _remap_labels(real, synth)
     synth = synth.subset(limit_per_class(synth.labels.numpy(), cfg.synthetic_per_class, seed=SPLIT_SEED))
-    if cfg.real_train_count is not None:
-        # The GAN trained on the first N images: they may only ever be training data.
-        if cfg.real_train_count >= len(real):
-            raise DataError(f"real_train_count {cfg.real_train_count} leaves no test images of {len(real)}")
-        tr_idx, te_idx = np.arange(cfg.real_train_count), np.arange(cfg.real_train_count, len(real))
-    else:
-        tr_idx, te_idx = stratified_split(real.labels.numpy(), cfg.test_fraction, SPLIT_SEED)
-    train, test = real.subset(tr_idx), real.subset(te_idx)
-    train = train.subset(limit_per_class(train.labels.numpy(), cfg.real_per_class, seed=SPLIT_SEED))
-    if len(train) < 2 or len(test) < 1 or len(synth) < 2:
-        raise DataError(f"too few images: real train {len(train)}, real test {len(test)}, synthetic {len(synth)}")
-
+    parts, split_rule = _splits(cfg, real)
+    train, val, test = (real.subset(parts[k]) for k in ("train", "val", "test"))
+    feature = real.subset(parts["feature"])
+    if len(train) < 2 or len(test) < 2 or len(synth) < 2 or len(feature) < 2:
+        raise DataError(f"too few images: real train {len(train)}, real test {len(test)}, feature split "
+                        f"{len(feature)}, synthetic {len(synth)}")
     seg = cfg.segmentation and real.masks is not None
-    n_cls = 3 if len(synth) else 1
-    total = 2 + cfg.seeds * n_cls + (cfg.seeds * 2 if seg else 0)
+    arms = tuple(cfg.arms)
+    n_train = cfg.seeds * (len(arms) + (1 if "real" not in arms else 0))
+    total = 3 + n_train * (2 if seg else 1)
     step = [0]
 
     def tick(phase: str, stats: dict[str, Any]) -> None:
         step[0] += 1
         cb.on_progress(step[0], total, {"phase": phase, **stats})
 
-    metrics: dict[str, Any] = {"status": "completed", "config": cfg.model_dump()}
+    metrics: dict[str, Any] = {"status": "completed", "config": cfg.model_dump(mode="json")}
     metrics["data"] = {
         "real": real_info, "synthetic": syn_info, **drop_info, "classes": classes,
-        "real_train": len(train), "real_test": len(test), "synthetic_used": len(synth),
-        "split": (f"first {cfg.real_train_count} real images train, the rest test"
-                  if cfg.real_train_count is not None else
-                  f"stratified, test_fraction={cfg.test_fraction}, seed={SPLIT_SEED}") + "; real_per_class thins train only",
+        "real_gan_pool": len(parts["gan_pool"]), "real_train": len(train), "real_val": len(val),
+        "real_feature": len(feature), "real_test": len(test), "synthetic_used": len(synth), "split": split_rule,
     }
-    extractor = build_extractor(cfg.feature_weights, train.images, train.labels, cfg.epochs, seed=0)
-    metrics["extractor"] = extractor.describe()
+    if cfg.gates != "off":
+        metrics["gates"] = _gates(cfg, real, parts, synth)
+        tick("gates", {"passed": metrics["gates"]["passed"]})
+        if not metrics["gates"]["passed"] and cfg.gates == "refuse":
+            metrics["status"] = "refused"
+            _write(out_dir, metrics, [])
+            raise DataError(f"the synthetic set failed its sanity gates ({', '.join(metrics['gates']['failed'])}): "
+                            "refusing the utility study (gates=refuse); see metrics.json")
+    extractor = build_extractor(cfg.feature_weights, feature.images, feature.labels, cfg.epochs, seed=0)
+    metrics["extractor"] = {**extractor.describe(), "trained_on": "feature split (real images the GAN never saw)"
+                            if not cfg.feature_weights else "(user weights)"}
     tick("features", {"extractor": extractor.name})
-    metrics["quality"] = _quality(extractor, train, test, synth, cfg)
-    tick("quality", {"kid": metrics["quality"]["synthetic_vs_real"]["kid"]["kid_mean"]})
+    spaces = [extractor, PixelPCA(feature.images), RandomCNN(cfg.channels, seed=0)]
+    metrics["quality"] = _quality(spaces, test, synth, cfg, proxy=not cfg.feature_weights)
+    tick("quality", {})
 
-    common = {"seeds": cfg.seeds, "epochs": cfg.epochs, "batch": cfg.batch_size, "bootstrap": cfg.bootstrap,
-              "tick": tick, "should_stop": cb.should_stop}
-    utility = {"classification": run_classification(train, test, synth, len(classes), **common)}
+    budget_of = {
+        "classification": Budget(steps=cfg.steps, batch=cfg.batch_size, eval_every=cfg.eval_every,
+                                 select="best" if cfg.stopping == "early" else "last",
+                                 patience=cfg.patience if cfg.stopping == "early" else None),
+        "segmentation": Budget(steps=cfg.seg_steps, batch=cfg.seg_batch_size, eval_every=cfg.eval_every,
+                               select="best" if cfg.stopping == "early" else "last",
+                               patience=cfg.patience if cfg.stopping == "early" else None),
+    }
+    draws = split_draws(synth, cfg.draws, seed=SPLIT_SEED)
+    common = {"seeds": cfg.seeds, "ratio": cfg.synthetic_share, "arms": arms, "bootstrap": cfg.bootstrap,
+              "alpha": cfg.alpha, "tick": tick, "should_stop": cb.should_stop}
+    utility: dict[str, Any] = {"classification": run_task(
+        "classification", train, val, test, draws, num_classes=len(classes), budget=budget_of["classification"],
+        primary=cfg.primary_classification, **common)}
     if seg and not utility["classification"]["stopped"]:
-        utility["segmentation"] = run_segmentation(train, test, synth, **common)
+        utility["segmentation"] = run_task("segmentation", train, val, test, draws, num_classes=len(classes),
+                                           budget=budget_of["segmentation"], primary=cfg.primary_segmentation,
+                                           **common)
+    gate_flag = None
+    if metrics.get("gates") and not metrics["gates"]["passed"]:
+        gate_flag = f"the synthetic set FAILED sanity gates: {', '.join(metrics['gates']['failed'])}"
+        for u in utility.values():
+            for c in u.get("comparisons", {}).values():
+                c["line"] += f" [{gate_flag}]"
     metrics["utility"] = utility
+    metrics["replication"] = {
+        "downstream_seeds": cfg.seeds,
+        "synthetic_draws": cfg.draws,
+        "replicated": ["downstream network initialisation, batch order and augmentation (seeds)"]
+                      + ([f"generator sampling ({cfg.draws} disjoint synthetic draws, seed s uses draw s mod "
+                          f"{cfg.draws})"] if cfg.draws > 1 else []),
+        "not_replicated": ["GAN training (one synthetic set from one GAN run; a sweep over GAN seeds replicates it)",
+                           "the real splits (one fixed split, seed 0)"]
+                          + ([] if cfg.draws > 1 else ["generator sampling (one synthetic draw)"]),
+    }
+    metrics["verdicts"] = [c["line"] for u in utility.values() for c in u.get("comparisons", {}).values()]
+    if gate_flag:
+        metrics["flag"] = gate_flag
     if any(u["stopped"] for u in utility.values()):
         metrics["status"] = "stopped"
-
     rows = [r for u in utility.values() for r in utility_rows(u)]
+    metrics["figures"] = _figures(out_dir, real, synth, utility)
+    _write(out_dir, metrics, rows)
+    return metrics
+
+
+def _write(out_dir: Path, metrics: dict, rows: list[dict]) -> None:
     with open(out_dir / "utility.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=UTILITY_FIELDS)
         w.writeheader()
         w.writerows(rows)
-    side_by_side_figure(real.images, synth.images, out_dir / "side_by_side.png", real.labels, synth.labels)
-    utility_figure(utility, out_dir / "utility.png")
-    metrics["figures"] = {"side_by_side": "side_by_side.png", "utility": "utility.png"}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    return metrics
+    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
+
+
+def _json_safe(d):
+    from medgan.evaluate.utility import _clean
+
+    return _clean(d)

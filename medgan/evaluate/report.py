@@ -72,30 +72,102 @@ def side_by_side_figure(real, synthetic, path: Path, real_labels=None, synthetic
 
 
 def utility_figure(utility: dict[str, dict], path: Path) -> Path:
-    """Bars per (metric, condition) with 95% t-interval error bars over seeds."""
+    """Per task: each arm's paired difference to real-only on the primary endpoint, with its 95% paired
+    bootstrap interval (test images x seeds); markers coloured by verdict."""
     plt = _plt()
-    panels = [("classification", ["accuracy", "balanced_accuracy", "auc"]), ("segmentation", ["dice", "dice_global"])]
-    panels = [(t, m) for t, m in panels if t in utility]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (task, names) in zip(axes[0], panels):
-        conds = utility[task].get("conditions", {})
-        width = 0.8 / max(len(conds), 1)
-        for j, (cond, ms) in enumerate(conds.items()):
-            means = [ms.get(m, {}).get("mean") for m in names]
-            lo = [ms.get(m, {}).get("ci_low") for m in names]
-            hi = [ms.get(m, {}).get("ci_high") for m in names]
-            y = [v if v is not None else np.nan for v in means]
-            err = [[(v - a) if None not in (v, a) else 0 for v, a in zip(means, lo)],
-                   [(b - v) if None not in (v, b) else 0 for v, b in zip(means, hi)]]
-            ax.bar(np.arange(len(names)) + j * width, y, width, yerr=err, capsize=3, label=cond)
-        ax.set_xticks(np.arange(len(names)) + width * (len(conds) - 1) / 2, names)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"{task} on held-out real images (95% CI over seeds)")
-        ax.legend(fontsize=8)
+    tasks = [t for t in ("classification", "segmentation") if utility.get(t, {}).get("comparisons")]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.6), squeeze=False)
+    colour = {"better": "tab:green", "worse": "tab:red", "no detectable difference": "tab:grey"}
+    for ax, task in zip(axes[0], tasks):
+        u = utility[task]
+        comps = u["comparisons"]
+        for i, (arm, c) in enumerate(comps.items()):
+            p = c["primary"]
+            if p.get("ci_low") is not None:
+                ax.plot([p["ci_low"], p["ci_high"]], [i, i], color=colour[c["verdict"]], lw=2)
+            ax.plot([p["diff"]], [i], "o", color=colour[c["verdict"]])
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(comps)), list(comps))
+        ax.set_xlabel(f"{u['primary_endpoint']}: arm - real-only")
+        ax.set_title(f"{task} ({u['seeds_completed']} seeds, {u['test_images_scored']} test images)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def learning_curve_figure(utility: dict[str, dict], path: Path) -> Path:
+    """Per task: validation metric (mean over seeds) against optimiser step for every arm."""
+    plt = _plt()
+    tasks = [t for t in ("classification", "segmentation") if t in utility]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        u = utility[task]
+        for arm, a in u.get("arms", {}).items():
+            curves = [f["curve"] for f in a.get("fits", []) if f.get("curve")]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            steps = [c["step"] for c in curves[0][:n]]
+            vals = np.nanmean([[np.nan if p["val_metric"] is None else p["val_metric"] for p in c[:n]]
+                               for c in curves], 0)
+            ax.plot(steps, vals, marker=".", label=arm)
+        ax.set_xlabel("optimiser step (the same budget for every arm)")
+        ax.set_ylabel("validation " + ("lesion Dice" if task == "segmentation" else "balanced accuracy"))
+        ax.set_title(f"{task}: learning curves on the real validation split", fontsize=10)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def regime_rows(metrics: dict[str, dict]) -> list[dict]:
+    """Points of the data-regime figure from several evaluate results ({run name: metrics.json}): one per
+    (run, task, arm) with the paired difference to real-only on the primary endpoint and its interval."""
+    points = []
+    for name, m in metrics.items():
+        d = m.get("data", {})
+        k = max(len(d.get("classes") or [1]), 1)
+        n = m.get("config", {}).get("real_per_class") or (d.get("real_train", 0) + d.get("real_val", 0)) / k
+        for task, u in m.get("utility", {}).items():
+            for arm, c in u.get("comparisons", {}).items():
+                p = c["primary"]
+                points.append({"run": name, "task": task, "arm": arm, "metric": u["primary_endpoint"],
+                               "real_per_class": n, "diff": p["diff"], "ci_low": p["ci_low"],
+                               "ci_high": p["ci_high"], "verdict": c["verdict"], "p_holm": c.get("p_holm"),
+                               "baseline": u["arms"]["real"]["summary"][u["primary_endpoint"]]["mean"]})
+    return points
+
+
+def regime_figure(points: list[dict], path) -> object:
+    """Gain over real-only (primary endpoint, 95% paired interval) against real images per class.
+
+    points: {"task", "arm", "real_per_class", "diff", "ci_low", "ci_high"} rows (from `regime_rows`)."""
+    plt = _plt()
+    tasks = sorted({p["task"] for p in points})
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.5 * max(len(tasks), 1), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [p for p in points if p["task"] == task]
+        arms = list(dict.fromkeys(p["arm"] for p in rows))
+        for j, arm in enumerate(arms):
+            mine = sorted((p for p in rows if p["arm"] == arm), key=lambda p: p["real_per_class"])
+            x = np.array([p["real_per_class"] for p in mine], float) * (1 + 0.03 * (j - len(arms) / 2))
+            y = np.array([p["diff"] for p in mine], float)
+            lo = np.array([p["ci_low"] if p["ci_low"] is not None else np.nan for p in mine], float)
+            hi = np.array([p["ci_high"] if p["ci_high"] is not None else np.nan for p in mine], float)
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=arm)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("real training images per class")
+        ax.set_ylabel(f"{rows[0].get('metric', '')} gain over real-only")
+        ax.set_title(f"{task}: gain vs data regime (95% paired bootstrap)", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------- HTML pieces
@@ -255,42 +327,102 @@ def _interval(s: dict) -> str:
     return txt
 
 
-def _quality_rows(q: dict) -> list[list[Any]]:
+def _gate_rows(g: dict) -> list[list[Any]]:
     rows = []
-    for name in ("synthetic_vs_real", "reference_real_train_vs_real_test"):
-        m = q.get(name)
-        if not m:
-            continue
-        f, k, pr = m.get("fid", {}), m.get("kid", {}), m.get("precision_recall", {})
-        kid = f"{k.get('kid_mean', 0):.4g} ± {k['kid_sd']:.2g}" if k.get("kid_sd") is not None else _fmt(k.get("kid_mean"))
-        rows.append([name, f.get("fid"), "; ".join(f.get("flags", [])), kid, k.get("subset_size"),
-                     pr.get("precision"), pr.get("recall"), f"{f.get('n_real')} / {f.get('n_synthetic')}"])
+    for gate in g.get("gates", []):
+        v = gate.get("value")
+        shown = gate.get("worst_ratio") if isinstance(v, dict) else v
+        ref = gate.get("reference")
+        mark = "n/a" if gate["passed"] is None else ("pass" if gate["passed"] else "FAIL")
+        rows.append([gate["name"], shown, None if isinstance(ref, dict) else ref, gate.get("rule"), mark])
     return rows
+
+
+def _arm_rows(u: dict) -> list[list[Any]]:
+    metric = u.get("primary_endpoint")
+    rows = []
+    for arm, a in u.get("arms", {}).items():
+        fits = a.get("fits") or [{}]
+        parts = "; ".join(f"{p['images']} img x{p['share']:.2f} = {p['epochs']:.1f} ep" for p in fits[0].get("parts", []))
+        s = a.get("summary", {}).get(metric, {})
+        rows.append([arm, fits[0].get("steps_run"), fits[0].get("selected_step"), parts,
+                     "yes" if fits[0].get("augment") else "no", _interval(s)])
+    return rows
+
+
+def _comparison_rows(u: dict) -> list[list[Any]]:
+    rows = []
+    for arm, c in u.get("comparisons", {}).items():
+        p = c["primary"]
+        ci = "–" if p.get("ci_low") is None else f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
+        extra = []
+        if c.get("auc_delong", {}).get("p") is not None:
+            d = c["auc_delong"]
+            extra.append(f"AUC {d['diff']:+.3f} (DeLong p={d['p']:.3g})")
+        if c.get("accuracy_mcnemar"):
+            m = c["accuracy_mcnemar"]
+            extra.append(f"McNemar p={m['p']:.3g} ({m['a_only_correct']} vs {m['b_only_correct']})")
+        rows.append([arm, p["diff"], ci, c.get("p_holm"), c.get("effect_size_dz"), "; ".join(extra), c["verdict"]])
+    return rows
+
+
+def _quality_section(q: dict) -> str:
+    rows = []
+    for name, sp in q.get("spaces", {}).items():
+        for pair in ("synthetic_vs_real", "real_vs_real_floor"):
+            m = sp.get(pair, {})
+            f, k, pr = m.get("fid", {}), m.get("kid", {}), m.get("precision_recall", {})
+            kid = (f"{k.get('kid_mean', 0):.4g} ± {k['kid_sd']:.2g}" if k.get("kid_sd") is not None
+                   else _fmt(k.get("kid_mean")))
+            rows.append([name, pair, f.get("fid"), "; ".join(f.get("flags", [])), kid, pr.get("precision"),
+                         pr.get("recall"), f"{f.get('n_real')} / {f.get('n_synthetic')}"])
+    out = "<h3>Distribution metrics</h3>"
+    for key in ("label", "flag"):
+        if q.get(key):
+            out += f"<p class=flag>{html.escape(q[key])}</p>"
+    out += _table(["space", "pair", "FID", "FID flags", "KID (mean ± sd)", "precision", "recall",
+                   "n real / other"], rows)
+    return out + f"<p class=note>{_fmt(q.get('rule'))}</p>"
 
 
 def _evaluate_section(d: Path) -> str:
     parts = []
     m = json.loads((d / "metrics.json").read_text())
     ext = m.get("extractor", {})
-    parts.append(f"<p>Status: <b>{_fmt(m.get('status'))}</b>. Features: <b>{_fmt(ext.get('name'))}</b> "
-                 f"<span class=note>({_fmt(ext.get('kind'))})</span></p>")
-    q = m.get("quality", {})
-    if q:
-        parts.append("<h3>Distribution quality</h3>" + _table(
-            ["pair", "FID", "FID flags", "KID (mean ± sd)", "KID subset", "precision", "recall", "n real / other"],
-            _quality_rows(q)))
-        parts.append("<p class=note>The reference row compares two real splits: the floor these figures can reach "
-                     "with this extractor and these sample sizes.</p>")
+    parts.append(f"<p>Status: <b>{_fmt(m.get('status'))}</b>. Proxy features: <b>{_fmt(ext.get('name'))}</b> "
+                 f"<span class=note>({_fmt(ext.get('kind'))}; {_fmt(ext.get('trained_on'))})</span></p>")
+    data = m.get("data", {})
+    if data.get("split"):
+        parts.append(f"<p class=note>Real splits: pool {_fmt(data.get('real_gan_pool'))}, train "
+                     f"{_fmt(data.get('real_train'))}, validation {_fmt(data.get('real_val'))}, feature "
+                     f"{_fmt(data.get('real_feature'))}, test {_fmt(data.get('real_test'))}; "
+                     f"{_fmt(data.get('split'))}.</p>")
+    if m.get("flag"):
+        parts.append(f"<p class=flag><b>{html.escape(m['flag'])}</b></p>")
+    g = m.get("gates")
+    if g:
+        parts.append("<h3>Sanity gates of the synthetic set</h3>" + _table(
+            ["gate", "value (worst ratio)", "real reference", "rule", "result"], _gate_rows(g)))
+    if m.get("quality"):
+        parts.append(_quality_section(m["quality"]))
+    verdicts = m.get("verdicts") or []
+    if verdicts:
+        parts.append("<h3>Verdicts</h3><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>")
     for task, u in m.get("utility", {}).items():
-        conds = u.get("conditions", {})
-        names = list(next(iter(conds.values()), {}).keys())
-        rows = [[c] + [_interval(ms.get(n, {})) for n in names] for c, ms in conds.items()]
-        rows += [[c] + [_interval(ms.get(n, {})) for n in names] for c, ms in u.get("delta", {}).items()]
-        meth = u.get("interval_methods", {})
-        parts.append(f"<h3>Utility: {html.escape(task)}</h3><p class=note>{_fmt(u.get('network'))}; "
-                     f"{u.get('seeds_completed')} seeds; test images {u.get('test_images')}; "
-                     f"[..] {_fmt(meth.get('ci'))}; (boot ..) {_fmt(meth.get('boot'))}</p>"
-                     + _table(["condition"] + names, rows))
+        b = u.get("budget", {})
+        parts.append(f"<h3>Utility: {html.escape(task)}</h3><p class=note>{_fmt(u.get('network'))}; primary "
+                     f"endpoint {_fmt(u.get('primary_endpoint'))} ({_fmt(u.get('primary_endpoint_rule'))}); "
+                     f"budget {_fmt(b.get('steps'))} steps of batch {_fmt(b.get('batch'))} for every arm, "
+                     f"{_fmt(b.get('rule'))}; synthetic share of mixed batches {_fmt(u.get('synthetic_share'))}; "
+                     f"{u.get('seeds_completed')} seeds; {u.get('test_images_scored')} test images scored</p>"
+                     + _table(["arm", "steps", "selected step", "parts (images x share = epochs)",
+                               "classical aug", "primary endpoint [t 95% over seeds]"], _arm_rows(u))
+                     + _table(["vs real-only", "difference", "95% paired bootstrap", "Holm p", "effect d_z",
+                               "secondary tests", "verdict"], _comparison_rows(u)))
+    rep = m.get("replication")
+    if rep:
+        parts.append("<p class=note>Replicated: " + html.escape("; ".join(rep.get("replicated", [])))
+                     + ". Not replicated: " + html.escape("; ".join(rep.get("not_replicated", []))) + ".</p>")
     for png in sorted(d.glob("*.png")):
         parts.append(f"<h3>{html.escape(png.stem.replace('_', ' '))}</h3>" + _img(png.read_bytes(), png.stem))
     return "".join(parts)
@@ -316,6 +448,23 @@ def _sections(d: Path) -> list[tuple[str, str]]:
     return found
 
 
+def _regime_section(run_dirs: dict[str, Path]) -> list[str]:
+    """With evaluate outputs at two or more data regimes: the gain-vs-n figure (also saved as regime.png
+    beside them) and its table."""
+    found = {name: json.loads((Path(d) / "metrics.json").read_text()) for name, d in run_dirs.items()
+             if (Path(d) / "metrics.json").is_file()}
+    points = regime_rows(found)
+    if len({p["real_per_class"] for p in points}) < 2:
+        return []
+    buf = io.BytesIO()
+    regime_figure(points, buf)
+    rows = [[p["task"], p["arm"], p["real_per_class"], p["baseline"], p["diff"],
+             "–" if p["ci_low"] is None else f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]", p["verdict"]]
+            for p in sorted(points, key=lambda q: (q["task"], q["arm"], q["real_per_class"]))]
+    return ["<h2>Gain against the data regime</h2>", _img(buf.getvalue(), "gain vs real images per class"),
+            _table(["task", "arm", "real / class", "real-only", "gain", "95% paired bootstrap", "verdict"], rows)]
+
+
 def render_report(run_dirs: dict[str, Path], out_path: Path, title: str) -> Path:
     """Write one self-contained HTML report over named run directories; returns `out_path`.
 
@@ -324,6 +473,7 @@ def render_report(run_dirs: dict[str, Path], out_path: Path, title: str) -> Path
     (summary.json). Every image is embedded as a data URI; there is no external CSS or JS.
     """
     body = [f"<h1>{html.escape(title)}</h1>"]
+    body += _regime_section(run_dirs)
     for name, d in run_dirs.items():
         d = Path(d)
         body.append(f"<h2>{html.escape(name)}</h2>")

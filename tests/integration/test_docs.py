@@ -19,7 +19,7 @@ Substitutions (the documented table), so the whole tour takes minutes on a CPU, 
 | `medgan scheduler --metrics-port 9108` | a free port, as a daemon | runs until stopped |
 | `train --steps N` | `--steps 4` (`long-run`: 40) + a 16 px, 8-channel net on 16 phantom images | CPU minutes, not GPU hours |
 | `generate --count N` | `--count 8`, `--class-counts 0=4,1=4`, `--shards` ≤ 2 | same |
-| `evaluate --seeds 3` | `--seeds 1 --epochs 1` and small KID subsets | same |
+| `evaluate --seeds 3` | `--seeds 1 --epochs 1 --steps 4`, tiny judges and small KID subsets | same |
 | `pipeline run …` | `--set` tiny steps for its train/generate/evaluate | same |
 | `run -- python train.py --steps N` | `--steps 20` (the example script is copied in as train.py) | same |
 """
@@ -47,8 +47,10 @@ PIPELINE_TINY = ["--set", "train.steps=4", "--set", "train.image_size=16", "--se
                  "--set", 'train.phantom={"count": 16, "size": 16}', "--set", "train.checkpoint_every=2",
                  "--set", "generate.count=8", "--set", "evaluate.seeds=1", "--set", "evaluate.epochs=1",
                  "--set", "evaluate.real_per_class=4", "--set", "evaluate.kid_subsets=2",
-                 "--set", "evaluate.kid_subset_size=2", "--set", "evaluate.bootstrap=0"]
-EVAL_TINY = ["--set", "kid_subsets=2", "--set", "kid_subset_size=2", "--set", "bootstrap=0", "--epochs", "1"]
+                 "--set", "evaluate.kid_subset_size=2", "--set", "evaluate.bootstrap=0",
+                 "--set", "evaluate.steps=4", "--set", "evaluate.seg_steps=4", "--set", "evaluate.judge_steps=10"]
+EVAL_TINY = ["--set", "kid_subsets=2", "--set", "kid_subset_size=2", "--set", "bootstrap=0", "--epochs", "1",
+             "--steps", "4", "--set", "seg_steps=4", "--set", "judge_steps=10"]
 # short ids in the guide, and the job each stands for (by name, or the newest of a kind)
 SHORT_IDS = {"3f2a": ("name", "first-cgan"), "9c41": ("name", "synth-v1"), "51be": ("name", "sr-x4"),
              "7d0e": ("kind", "evaluate"), "GENERATE_JOB": ("kind", "generate"), "EVALUATE_JOB": ("kind", "evaluate"),

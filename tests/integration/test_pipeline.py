@@ -23,7 +23,8 @@ PIPELINE = {
         {"id": "gen", "kind": "generate", "from": "train", "config": {"count": 24, "with_masks": True},
          "shards": 2},
         {"id": "eval", "kind": "evaluate", "from": "gen", "config": {
-            "seeds": 3, "epochs": 2, "image_size": 16, "kid_subsets": 5, "kid_subset_size": 8, "bootstrap": 50}},
+            "seeds": 3, "epochs": 2, "image_size": 16, "kid_subsets": 5, "kid_subset_size": 8, "bootstrap": 50,
+            "steps": 10, "seg_steps": 10, "eval_every": 5, "judge_steps": 20}},
     ],
 }
 
@@ -53,8 +54,10 @@ def test_pipeline_runs_as_dependent_jobs_with_a_report(embedded, tmp_path):
     metrics = json.loads(client.store.get_bytes(f"jobs/{ev}/metrics.json"))
     cls = metrics["utility"]["classification"]
     assert cls["seeds_completed"] == 3
-    assert set(cls["conditions"]) >= {"real", "real+synthetic", "synthetic"}
-    assert metrics["data"]["split"].startswith("first 24 real images train")  # the GAN's images never test
+    assert set(cls["arms"]) >= {"real", "real+aug", "real+synthetic", "real-duplicated", "synthetic"}
+    assert {f["steps_run"] for a in cls["arms"].values() for f in a["fits"]} == {10}  # budget parity
+    assert metrics["data"]["split"].startswith("the first 24 real images are the GAN's")  # never test images
+    assert metrics["gates"]["gates"] and metrics["verdicts"]
     page = client.store.get_bytes(f"jobs/{ev}/report.html").decode()
     parser = _Imgs()
     parser.feed(page)

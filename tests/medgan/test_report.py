@@ -68,8 +68,9 @@ def test_report_renders_everything_self_contained(tmp_path):
     train = _write_train(tmp_path / "train")
     gen = _write_generate(tmp_path / "gen")
     ev = tmp_path / "eval"
-    real = PhantomSpec(count=48, size=32, seed=0)
-    cfg = EvaluateConfig(seeds=2, epochs=1, kid_subsets=5, kid_subset_size=10, bootstrap=20, segmentation=False)
+    real = PhantomSpec(count=80, size=32, seed=0)
+    cfg = EvaluateConfig(seeds=2, epochs=1, kid_subsets=5, kid_subset_size=10, bootstrap=20, segmentation=False,
+                         steps=10, eval_every=5, judge_steps=20, arms=("real", "real+aug", "real+synthetic"))
     evaluate(cfg, None, gen, ev, phantom=real)
     enh = tmp_path / "enh"
     enh.mkdir()
@@ -83,8 +84,8 @@ def test_report_renders_everything_self_contained(tmp_path):
     p = _Collector()
     p.feed(doc)
     assert p.kinds == ["train", "generate", "evaluate", "enhance"]
-    # loss curves + 5 sample grids + synthetic grid + 2 evaluation figures
-    assert len(p.imgs) == 1 + 5 + 1 + 2
+    # loss curves + 5 sample grids + synthetic grid + 3 evaluation figures (side by side, learning curves, utility)
+    assert len(p.imgs) == 1 + 5 + 1 + 3
     for src in p.imgs:
         if src.startswith("data:image/png;base64,"):
             assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -96,8 +97,12 @@ def test_report_renders_everything_self_contained(tmp_path):
     text = " ".join(p.text)
     assert "Report & test" in text and "train <run>" in text  # escaped, not swallowed as a tag
     assert "nothing recognised" in text and "directory not found" in text
-    assert "trained-cnn" in text and "biased: n &lt; 2048" in doc
-    assert "real+synthetic - real" in text and "Student-t" in text
+    assert "trained-cnn" in text and "biased: n &lt; 2048" in doc and "PROXY" in text
+    # arms with their budgets, gates, paired comparisons and verdicts
+    for needle in ("Sanity gates", "memorisation", "real+aug", "10 steps of batch 32 for every arm",
+                   "paired bootstrap", "Holm p", "Verdicts", "real+synthetic vs real-only (classification)",
+                   "Not replicated", "learning curves"):
+        assert needle in text, needle
     assert "psnr" in text
 
 

@@ -1,4 +1,6 @@
-"""Utility evaluation: metric definitions against scikit-learn/scipy, and tiny end-to-end runs."""
+"""Utility study mechanics: metric definitions against scikit-learn/scipy, budget parity, arms, draws, rows.
+
+The self-validation of the instrument (oracle, negative controls) is tests/medgan/test_utility_controls.py."""
 
 from __future__ import annotations
 
@@ -10,13 +12,17 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from medgan.config import PhantomSpec
 from medgan.evaluate.stats import bootstrap_intervals, t_interval
+from medgan.errors import DataError
 from medgan.evaluate.utility import (
+    ARMS,
+    Budget,
     LabeledSet,
+    arm_parts,
     classification_metrics,
     dice_per_image,
     limit_per_class,
-    run_classification,
-    run_segmentation,
+    run_task,
+    split_draws,
     stratified_split,
     utility_rows,
 )
@@ -86,45 +92,83 @@ def test_dice_per_image():
     assert dice_per_image(a, b).tolist() == pytest.approx([8 / 12, 0.0, 1.0])
 
 
-def test_classification_end_to_end_with_intervals_over_three_seeds():
-    real = _phantom_set(96, seed=0)
-    synth = _phantom_set(48, seed=9)
-    tr, te = stratified_split(real.labels.numpy(), 0.3, 0)
+def _splits(n_train: int, seed: int = 0):
+    real = _phantom_set(n_train + 20 + 60, seed=seed)
+    idx = np.arange(len(real))
+    return real.subset(idx[:n_train]), real.subset(idx[n_train:n_train + 20]), real.subset(idx[n_train + 20:])
+
+
+def test_every_arm_gets_the_same_optimiser_steps_whatever_its_size():
+    train, val, test = _splits(24)
+    synth = _phantom_set(120, seed=7)
     ticks = []
-    res = run_classification(real.subset(tr), real.subset(te), synth, 2, seeds=3, epochs=4,
-                             bootstrap=100, tick=lambda phase, s: ticks.append((phase, s["condition"])))
-    assert res["seeds_completed"] == 3 and len(ticks) == 9
-    assert set(res["conditions"]) == {"real", "real+synthetic", "synthetic"}
-    assert res["train_images"] == {"real": len(tr), "real+synthetic": len(tr) + 48, "synthetic": 48}
-    for cond, ms in res["conditions"].items():
-        for name in ("accuracy", "balanced_accuracy", "auc", "sensitivity_1", "specificity_1"):
-            s = ms[name]
-            assert s["n"] == 3 and 0.0 <= s["mean"] <= 1.0
-            assert s["ci_low"] <= s["mean"] <= s["ci_high"]
-            assert s["boot_low"] <= s["boot_high"]
-        assert len(res["per_seed"][cond]) == 3
-    # lesions are visible: the real-only classifier is better than chance
-    assert res["conditions"]["real"]["auc"]["mean"] > 0.6
-    d = res["delta"]["real+synthetic - real"]["accuracy"]
-    assert d["n"] == 3 and d["mean"] == pytest.approx(
-        np.mean([a["accuracy"] - b["accuracy"] for a, b in zip(res["per_seed"]["real+synthetic"], res["per_seed"]["real"])]))
+    res = run_task("classification", train, val, test, [synth], num_classes=2, seeds=2, ratio=0.25,
+                   budget=Budget(steps=30, batch=8, eval_every=10), bootstrap=100,
+                   tick=lambda task, s: ticks.append((s["arm"], s["seed"])))
+    assert list(res["arms"]) == list(ARMS) and len(ticks) == 2 * len(ARMS)
+    for arm, a in res["arms"].items():
+        assert [f["steps_run"] for f in a["fits"]] == [30, 30], arm
+        assert [[p["step"] for p in f["curve"]] for f in a["fits"]] == [[10, 20, 30]] * 2  # learning curve
+        assert a["fits"][0]["augment"] == ("aug" in arm)
+        assert len(a["per_seed"]) == 2 and 0 <= a["summary"]["balanced_accuracy"]["mean"] <= 1
+        wl = a["accuracy_seed_averaged"]
+        assert 0 <= wl["wilson_low"] <= wl["value"] <= wl["wilson_high"] <= 1
+    # the exposure each part saw: 30 steps x 8 images, a quarter from the synthetic set
+    parts = res["arms"]["real+synthetic"]["fits"][0]["parts"]
+    assert parts[0]["epochs"] == pytest.approx(30 * 8 * 0.75 / 24) and parts[1]["epochs"] == pytest.approx(30 * 8 * 0.25 / 120)
+    assert res["arms"]["real"]["fits"][0]["parts"][0]["epochs"] == pytest.approx(30 * 8 / 24)
+    assert set(res["comparisons"]) == set(ARMS) - {"real"}
+    for arm, c in res["comparisons"].items():
+        assert c["verdict"] in ("better", "worse", "no detectable difference")
+        assert c["line"].startswith(f"{arm} vs real-only (classification): {c['verdict']}")
+        assert "paired bootstrap" in c["line"] and c["auc_delong"]["test"] == "DeLong"
+        assert c["p_holm"] >= c["primary"]["p"]
+        lo, hi = c["primary"]["ci_low"], c["primary"]["ci_high"]
+        assert -1 <= lo <= hi <= 1
     rows = utility_rows(res)
-    assert {r["condition"] for r in rows} >= {"real", "synthetic", "real+synthetic - real"}
+    assert {(r["arm"], r["kind"]) for r in rows} == {(a, "arm") for a in ARMS} | {(a, "vs real") for a in ARMS[1:]}
 
 
-def test_should_stop_between_seeds_and_segmentation():
-    real = _phantom_set(64, seed=1)
-    tr, te = stratified_split(real.labels.numpy(), 0.3, 0)
+def test_arms_without_a_synthetic_set_or_masks_are_skipped_and_bad_arms_refused():
+    train, val, test = _splits(24, seed=1)
+    res = run_task("segmentation", train, val, test, [LabeledSet(train.images, train.labels, None)],
+                   num_classes=2, seeds=1, budget=Budget(steps=4, batch=8, eval_every=2), bootstrap=50)
+    assert set(res["arms"]) == {"real", "real+aug", "real-duplicated"}
+    assert set(res["arms_skipped"]) == {"real+synthetic", "real+aug+synthetic", "synthetic"}
+    assert res["test_images_scored"] == int(test.masks.flatten(1).amax(1).sum())
+    with pytest.raises(DataError, match="unknown utility arm"):
+        arm_parts("real+magic", train, train, 0.5)
+    with pytest.raises(DataError, match="primary endpoint"):
+        run_task("segmentation", train, val, test, None, num_classes=2, seeds=1, budget=Budget(steps=2),
+                 primary="balanced_accuracy")
+    healthy = test.subset(np.flatnonzero(test.labels.numpy() == 0))
+    with pytest.raises(DataError, match="no real test image holds a lesion"):
+        run_task("segmentation", train, val, healthy, None, num_classes=2, seeds=1, budget=Budget(steps=2))
+
+
+def test_should_stop_between_seeds_keeps_the_pairing():
+    train, val, test = _splits(24, seed=2)
     calls = []
 
     def stop():
         calls.append(1)
         return len(calls) > 1  # allow the first seed only
 
-    res = run_classification(real.subset(tr), real.subset(te), None, 2, seeds=3, epochs=1,
-                             bootstrap=0, should_stop=stop)
-    assert res["stopped"] and res["seeds_completed"] == 1 and set(res["conditions"]) == {"real"}
-    seg = run_segmentation(real.subset(tr), real.subset(te), _phantom_set(16, seed=4), seeds=3, epochs=2, bootstrap=20)
-    assert set(seg["conditions"]) == {"real", "real+synthetic"} and seg["seeds_completed"] == 3
-    dice = seg["conditions"]["real"]["dice"]
-    assert dice["n"] == 3 and 0.0 <= dice["mean"] <= 1.0 and dice["ci_low"] <= dice["ci_high"]
+    res = run_task("classification", train, val, test, None, num_classes=2, seeds=3, arms=("real", "real+aug"),
+                   budget=Budget(steps=4, batch=8, eval_every=2), bootstrap=50, should_stop=stop)
+    assert res["stopped"] and res["seeds_completed"] == 1
+    assert [len(a["per_seed"]) for a in res["arms"].values()] == [1, 1]
+
+
+@pytest.mark.parametrize("draws", [1, 2, 3, 5])
+def test_synthetic_draws_are_disjoint_stratified_and_cover_the_set(draws):
+    synth = _phantom_set(60, seed=3)
+    parts = split_draws(synth, draws, seed=0)
+    assert len(parts) == draws and sum(len(p) for p in parts) == 60
+    flat = torch.cat([p.images.flatten(1) for p in parts])
+    assert torch.unique(flat, dim=0).shape[0] == 60  # no image in two draws
+    for p in parts:
+        counts = p.class_counts()
+        assert abs(counts.get(0, 0) - counts.get(1, 0)) <= 1
+    with pytest.raises(DataError, match="too few"):
+        split_draws(synth.subset(np.arange(5)), 4)
