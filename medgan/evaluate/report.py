@@ -77,7 +77,8 @@ def utility_figure(utility: dict[str, dict], path: Path) -> Path:
     plt = _plt()
     tasks = [t for t in ("classification", "segmentation") if utility.get(t, {}).get("comparisons")]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.6), squeeze=False)
-    colour = {"better": "tab:green", "worse": "tab:red", "no detectable difference": "tab:grey"}
+    colour = {"better": "tab:green", "worse": "tab:red", "no detectable difference": "tab:grey",
+              "not judged (one seed)": "tab:olive"}
     for ax, task in zip(axes[0], tasks):
         u = utility[task]
         comps = u["comparisons"]

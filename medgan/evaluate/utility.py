@@ -274,10 +274,12 @@ def _compare(task: str, metric: str, arms: list[str], scores: dict, probs: dict,
             c["accuracy_mcnemar"] = mcnemar(pa.argmax(1) == y, pb.argmax(1) == y)
         out[arm] = c
     adjusted = holm({a: c["primary"]["p"] for a, c in out.items()})
+    one_seed = base.shape[0] < 2
     for arm, c in out.items():
         pr = c["primary"]
         c["p_holm"] = adjusted[arm]
-        c["verdict"] = verdict(pr["diff"], adjusted[arm], alpha)
+        # one seed: the bootstrap resamples test images only, so training noise alone can look significant
+        c["verdict"] = "not judged (one seed)" if one_seed else verdict(pr["diff"], adjusted[arm], alpha)
         ci = ("" if pr["ci_low"] is None else f", 95% CI [{pr['ci_low']:+.3f}, {pr['ci_high']:+.3f}]")
         p_txt = "n/a" if adjusted[arm] is None else f"{adjusted[arm]:.3g}"
         c["line"] = (f"{arm} vs real-only ({task}): {c['verdict']} — {metric} {pr['diff']:+.3f}{ci}; "

@@ -158,6 +158,8 @@ def test_should_stop_between_seeds_keeps_the_pairing():
                    budget=Budget(steps=4, batch=8, eval_every=2), bootstrap=50, should_stop=stop)
     assert res["stopped"] and res["seeds_completed"] == 1
     assert [len(a["per_seed"]) for a in res["arms"].values()] == [1, 1]
+    # one seed samples no training randomness: no verdict, whatever the bootstrap over test images says
+    assert res["comparisons"]["real+aug"]["verdict"] == "not judged (one seed)"
 
 
 @pytest.mark.parametrize("draws", [1, 2, 3, 5])
