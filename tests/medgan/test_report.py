@@ -111,3 +111,30 @@ def test_image_grid_shapes():
     assert g.shape == (2 * 9 + 1, 4 * 9 + 1) and g.max() == 0
     rgb = image_grid(np.ones((2, 3, 4, 4)), nrow=2, pad=0)
     assert rgb.shape == (4, 8, 3) and rgb.min() == 255
+
+
+def test_two_data_regimes_give_the_gain_figure_and_every_image_exists(tmp_path):
+    gen = _write_generate(tmp_path / "gen", n=24)
+    real = PhantomSpec(count=120, size=32, seed=0)
+    runs = {}
+    for n in (5, 15):
+        cfg = EvaluateConfig(seeds=2, epochs=1, kid_subsets=5, kid_subset_size=10, bootstrap=50, segmentation=False,
+                             steps=10, eval_every=5, gates="off", real_per_class=n, arms=("real", "real+synthetic"))
+        runs[f"evaluate n={n}"] = tmp_path / f"ev{n}"
+        evaluate(cfg, None, gen, runs[f"evaluate n={n}"], phantom=real)
+    out = render_report(runs, tmp_path / "r.html", "regimes")
+    p = _Collector()
+    p.feed(out.read_text(encoding="utf-8"))
+    text = " ".join(p.text)
+    assert "Gain against the data regime" in text
+    # the regime figure + per run: side by side, learning curves, utility
+    assert len(p.imgs) == 1 + 2 * 3
+    for src in p.imgs:
+        assert src.startswith("data:image/png;base64,") and base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    from medgan.evaluate.report import regime_rows
+
+    pts = regime_rows({k: json.loads((d / "metrics.json").read_text()) for k, d in runs.items()})
+    assert sorted(p["real_per_class"] for p in pts) == [5, 15]
+    # one regime alone draws no regime figure
+    single = render_report({"one": runs["evaluate n=5"]}, tmp_path / "s.html", "one")
+    assert "Gain against the data regime" not in single.read_text()

@@ -174,3 +174,19 @@ def test_synthetic_draws_are_disjoint_stratified_and_cover_the_set(draws):
         assert abs(counts.get(0, 0) - counts.get(1, 0)) <= 1
     with pytest.raises(DataError, match="too few"):
         split_draws(synth.subset(np.arange(5)), 4)
+
+
+def test_early_stopping_on_the_real_validation_split_is_reported_per_arm():
+    train, val, test = _splits(24, seed=4)
+    budget = Budget(steps=400, batch=8, eval_every=10, select="best", patience=2)
+    res = run_task("classification", train, val, test, None, num_classes=2, seeds=2, arms=("real", "real+aug"),
+                   budget=budget, bootstrap=50)
+    assert "lowest validation loss" in res["budget"]["rule"] and "early stop after 2" in res["budget"]["rule"]
+    for a in res["arms"].values():
+        for f in a["fits"]:
+            steps = [p["step"] for p in f["curve"]]
+            losses = [p["val_loss"] for p in f["curve"]]
+            assert f["selected_step"] in steps and f["steps_run"] == steps[-1]
+            assert losses[steps.index(f["selected_step"])] == min(losses)  # the weights kept are the best
+            if f["stopped_early"]:
+                assert f["steps_run"] < 400 and steps.index(f["selected_step"]) == len(steps) - 3
