@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 from worker.launcher import accelerate_command, free_port
 from worker.runtime import JobRun
@@ -17,6 +18,9 @@ log = logging.getLogger("medgan.worker")
 def handle(run: JobRun) -> None:
     spec = run.spec
     run_dir = run.work_dir / "run"
+    # The store is the truth: a run directory left on this host by an earlier attempt (one that lost its
+    # lease here, say) may hold checkpoints the job's lineage never accepted; resume only from the store.
+    shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     # A requeued run resumes: its newest checkpoint comes back from the store (maybe another host).
     if newest_checkpoint(run.store, run.job_id, run.settings) is not None:
