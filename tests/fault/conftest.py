@@ -34,10 +34,11 @@ FAST = {
     "MEDGAN_LOG_LEVEL": "INFO",
 }
 
-# The smallest training run that still checkpoints often (CPU, a few seconds of work).
+# The smallest training run that still checkpoints often (CPU, a few seconds of work). No quality probes:
+# they train judges at every checkpoint (seconds each on this machine), and these tests are about faults.
 TINY_TRAIN = {"model": "cgan", "image_size": 16, "base_channels": 8, "z_dim": 16, "batch_size": 8,
               "checkpoint_every": 4, "sample_every": 1000, "log_every": 1, "keep_checkpoints": 2,
-              "phantom": {"count": 16, "size": 16, "seed": 1}}
+              "probes": False, "phantom": {"count": 16, "size": 16, "seed": 1}}
 
 
 # -- private Redis -------------------------------------------------------------------------------
