@@ -185,8 +185,7 @@ def _quality(spaces: list, test: LabeledSet, synth: LabeledSet, cfg: EvaluateCon
     rest, half = stratified_split(test.labels.numpy(), 0.5, SPLIT_SEED + 3)
     ref, other = test.subset(rest), test.subset(half)
     n = min(len(other), len(synth))
-    syn_eq = synth.subset(limit_per_class(synth.labels.numpy(), None, 0)[
-        np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(synth))[:n])])
+    syn_eq = synth.subset(np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(synth))[:n]))
     kw = {"kid_subsets": cfg.kid_subsets, "kid_subset_size": cfg.kid_subset_size, "k": cfg.pr_k}
     out: dict = {"proxy": proxy, "n_reference": len(ref), "n_compared": n,
                  "rule": "reference pool: half of the real test split (never a GAN training image); floor: the "
