@@ -217,7 +217,8 @@ class Client:
 
         `config` is the science config of the kind (medgan.config: TrainConfig, GenerateConfig, ...).
         `fields` are spec fields: gpus, priority (0 = most urgent), name, owner, source_job, dataset,
-        references, shards, checkpoint (generate: last, best or step-N), depends_on, max_attempts; noop takes
+        references, shards, checkpoint (generate: last, best or step-N), depends_on, max_attempts, preemptible
+        (False: never preempted for a more urgent job); noop takes
         sleep and fail. Job references
         (source_job, depends_on) take an id, a unique id prefix of 4+ characters, or a job name. A local path given as
         `dataset`/`references` is uploaded first. With `idempotency_key`, a second submission with the same

@@ -26,7 +26,8 @@ The policy, in the order it is applied when a worker on `host` receives job J as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from itertools import combinations
 
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
@@ -161,6 +162,25 @@ def admit(session: Session, job: Job, host: str, cards: tuple[int, ...], *, quot
     return Decision(free[: job.gpus])
 
 
+def _age(job: Job, now: datetime) -> float:
+    return max(0.0, (now - (job.started_at or now)).total_seconds())
+
+
+def _fewest_youngest(victims: list[Job], need: int, cards_of: dict[str, int], now: datetime) -> list[Job] | None:
+    """The fewest of `victims` whose cards add up to `need`; among as few, the youngest (the least run time
+    lost in all). None when even all of them are not enough."""
+    if need <= 0:
+        return []
+    if sum(cards_of[v.id] for v in victims) < need:
+        return None
+    victims = sorted(victims, key=lambda v: _age(v, now))[:12]  # the youngest dozen: combinations stay cheap
+    for k in range(1, len(victims) + 1):
+        fits = [c for c in combinations(victims, k) if sum(cards_of[v.id] for v in c) >= need]
+        if fits:
+            return list(min(fits, key=lambda c: sum(_age(v, now) for v in c)))
+    return None
+
+
 @dataclass(frozen=True)
 class Preemption:
     victim: str  # the job to stop
@@ -204,21 +224,13 @@ def plan_preemptions(session: Session, *, grace: float, protected: frozenset[str
             if len(cards) < want.gpus:
                 continue
             free = len(cards) - busy.get(host, 0)
-            victims = sorted(
-                (j for j in held.get(host, {}).values()
-                 if j.priority > want.priority and j.preemptible and not j.preempt_requested
-                 and j.queue not in protected and j.owner not in protected and j.status == S.RUNNING.value),
-                key=lambda j: (-(cards_of[j.id]), -(j.started_at or cutoff).timestamp()))
-            # Fewest victims: the largest first; among equal sizes the youngest.
-            chosen: list[Job] = []
-            for v in victims:
-                if free >= want.gpus:
-                    break
-                chosen.append(v)
-                free += cards_of[v.id]
-            if free < want.gpus:
+            victims = [j for j in held.get(host, {}).values()
+                       if j.priority > want.priority and j.preemptible and not j.preempt_requested
+                       and j.queue not in protected and j.owner not in protected and j.status == S.RUNNING.value]
+            chosen = _fewest_youngest(victims, want.gpus - free, cards_of, cutoff)
+            if chosen is None:
                 continue
-            key = (len(chosen), -min((v.started_at or cutoff).timestamp() for v in chosen) if chosen else 0)
+            key = (len(chosen), sum(_age(v, cutoff) for v in chosen))
             if best is None or key < best[0]:
                 best = (key, host, chosen)
         if best is None or not best[2]:

@@ -123,6 +123,7 @@ class JobRun:
         self.stop_reason: str | None = None  # set by the heartbeat: "cancelled", "preempted" or "lease lost"
         self.child: subprocess.Popen | None = None  # the science's guardian while one runs
         self.refused = 0  # stale effects refused (figures, logs)
+        self.preemption_declined = False
         self._last_progress = 0.0
         self._staged = 0
         self.renewed(time.time())
@@ -275,6 +276,13 @@ class JobRun:
     def should_stop(self) -> bool:
         return self.stop_reason is not None
 
+    def decline_preemption(self, why: str) -> None:
+        """The run finished anyway: it is not requeued, and the heartbeat asks for no preemption again."""
+        if self.stop_reason == "preempted":
+            log.info("job %s: preemption moot (%s)", self.job_id, why)
+            self.stop_reason = None
+        self.preemption_declined = True
+
 
 STAGING = "_attempts"  # jobs/<id>/_attempts/<token>/…: objects of an attempt not yet promoted (never read)
 
@@ -319,7 +327,7 @@ class Heartbeat(threading.Thread):
                     run.stop_reason = "lease lost"
                 elif flags is not None and flags[0]:
                     run.stop_reason = "cancelled"
-                elif flags is not None and flags[1] and run.stop_reason is None:
+                elif flags is not None and flags[1] and run.stop_reason is None and not run.preemption_declined:
                     run.stop_reason = "preempted"
                     log.warning("job %s: %s", run.job_id, flags[1])
             except Exception as exc:  # a database blip: keep trying until the lease is about to run out

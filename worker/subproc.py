@@ -100,6 +100,8 @@ def run_science(run: JobRun, cmd: Sequence[str], run_dir: Path, env: dict[str, s
         shipper.ship(final=True)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
+    if run.stop_reason == "preempted" and code == 0 and (result or {}).get("status") == "completed":
+        run.decline_preemption("the science completed before it could stop")  # nothing left to preempt
     if run.should_stop():
         raise JobStopped(run.stop_reason or "stopped")
     if not expect_result:
