@@ -142,6 +142,16 @@ def status(json_: Annotated[bool, typer.Option("--json", help="print JSON")] = F
     for q in data["queues"]:
         queues.add_row(q["queue"], str(q["queued"]), str(q["running"]))
     console.print(queues)
+    fair = data["fair_share"]
+    if fair["owners"]:
+        share = Table(title=f"fair share (GPU time in the last {fair['window_s'] / 3600:g} h; at equal priority "
+                            "the least-used owner goes first)")
+        for col in ("order", "owner", "GPU-hours", "share", "GPUs held", "GPU jobs waiting"):
+            share.add_column(col)
+        for o in fair["owners"]:
+            share.add_row(str(o["order"]), o["owner"], f"{o['gpu_hours']:.2f}", f"{o['share']:.0%}",
+                          str(o["gpus_held"]), str(o["gpu_jobs_waiting"]))
+        console.print(share)
     console.print(jobs_table(data["running"], title="running jobs"))
 
 

@@ -24,6 +24,8 @@ Gpus = Annotated[Optional[int], typer.Option(help="GPUs to lease for the job (0 
 Priority = Annotated[Optional[int], typer.Option(help="0 (most urgent) … 9; default 5")]
 Name = Annotated[Optional[str], typer.Option(help="a name to find the job by")]
 Owner = Annotated[Optional[str], typer.Option(help="who the job counts against (quotas); default: you")]
+NoPreempt = Annotated[bool, typer.Option("--no-preempt", help="never preempt this job for a more urgent one "
+                                                                "(default: it may be: final checkpoint, requeue)")]
 IdemKey = Annotated[Optional[str], typer.Option("--idempotency-key", help="a repeated key returns the same job")]
 After = Annotated[Optional[list[str]], typer.Option("--after", help="job id that must succeed first (repeatable)")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="JSON or YAML file of config fields")]
@@ -173,14 +175,15 @@ def train(
     masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="also synthesise lesion masks")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
     idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
-    sweep: Sweep = None, wait: Wait = False, json_: Json = False,
+    sweep: Sweep = None, wait: Wait = False, json_: Json = False, no_preempt: NoPreempt = False,
 ) -> None:
     """Train a generator (synthesis GAN, SR GAN or learned enhancer)."""
     cfg = build_config(config, set_, model=model, image_size=image_size, steps=steps, batch_size=batch_size,
                        lr_g=lr, lr_d=lr, checkpoint_every=checkpoint_every, sample_every=sample_every, seed=seed,
                        with_masks=masks)
     do_submit("train", cfg, wait=wait, as_json=json_, idempotency_key=idempotency_key, sweep=sweep, fields=dict(
-        dataset=data, gpus=gpus, priority=priority, name=name, owner=owner, after=after))
+        dataset=data, gpus=gpus, priority=priority, name=name, owner=owner, after=after,
+        preemptible=False if no_preempt else None))
 
 
 @command(app, "generate", example="medgan generate --from 3f2a --count 1000 --class-counts 0=500,1=500 --shards 4")
@@ -388,10 +391,11 @@ def run(
                                                      "$MEDGAN_DATA_DIR")] = None,
     code: Annotated[Path, typer.Option(help="folder to snapshot (respecting .gitignore)")] = Path("."),
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the script (repeatable)")] = None,
-    max_attempts: Annotated[Optional[int], typer.Option(help="runs allowed after lost workers and failures")] = None,
+    max_attempts: Annotated[Optional[int], typer.Option(help="failed runs allowed (lost workers and preemptions "
+                                                              "are not failures)")] = None,
     follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="stream the job's log until it ends")] = False,
     priority: Priority = None, name: Name = None, owner: Owner = None, idempotency_key: IdemKey = None,
-    after: After = None, wait: Wait = False, json_: Json = False,
+    after: After = None, wait: Wait = False, json_: Json = False, no_preempt: NoPreempt = False,
 ) -> None:
     """Queue your own code: the folder is uploaded as a content-addressed snapshot and the command after `--`
     runs in a copy of it under `accelerate launch` on the leased cards. It gets $MEDGAN_OUTPUT_DIR (files there
@@ -413,7 +417,7 @@ def run(
     client = Client()
     job = client.run(command_argv, code=code, gpus=gpus, data=data, env=extra_env or None, priority=priority,
                      name=name, owner=owner, max_attempts=max_attempts, depends_on=after or None,
-                     idempotency_key=idempotency_key)
+                     idempotency_key=idempotency_key, preemptible=False if no_preempt else None)
     if follow_logs:
         err_console.print(f"submitted script job [bold]{job.id}[/] ({job.status}); following its log")
         for line in client.logs(job.id, follow=True):
