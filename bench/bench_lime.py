@@ -96,7 +96,10 @@ times = []
 for _ in range(int(sys.argv[3])):
     t0 = time.perf_counter(); out, p = lime_enhance(img, gamma=%r); times.append(time.perf_counter() - t0)
 np.save(sys.argv[1] + ".out.npy", out)
-print(json.dumps({"times": times, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM (this process's own high-water mark): ru_maxrss would carry the parent's peak over fork + exec.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"times": times, "peak_mib": peak,
                   "reduce": p["reduce"], "iterations": p["iterations"]}))
 """ % GAMMA
 

@@ -38,14 +38,55 @@ def _with_luma(img: np.ndarray, new_luma: np.ndarray) -> np.ndarray:
     return np.clip(img * ratio[..., None], 0, 1).astype(np.float32)
 
 
-def auto_gamma_value(img: np.ndarray, target: float = 0.45) -> float:
-    """The gamma that maps the image's mean luma to ``target``: ``mean^g = target``."""
-    m = float(np.clip(luma(_check(img)).mean(), 1e-4, 1 - 1e-4))
-    return float(np.clip(np.log(target) / np.log(m), 0.1, 10.0))
+# Automatic exposure (white point). A well-exposed image uses its range: its brightest pixels sit near
+# white. A dim one's 99.9th percentile of the brightest channel, scaled to WHITE, estimates the
+# exposure gain that darkened it. Calibration (medgan.enhance.scenes.CALIBRATION: 14 scenes - 6 RGB,
+# 4 grey, 4 medical, black backgrounds included - x exposures 0.05/0.1/0.2 x 400/20,000 photons, 84
+# pairs): the gain itself reached 19.95 dB mean RGB PSNR and was never below the dark input, against
+# 19.42 dB and 1 pair below for (99.5 %, 0.95), 18.88 dB for (99 %, 0.9), and 15.1-15.8 dB with 18
+# pairs below for a mean-brightness target of 0.4-0.5 (dark night scenes are not dim exposures).
+# The true gains there were 2.1-3.9x; the estimate's mean 2.96x against 2.94x.
+WHITE_PERCENTILE = 99.9
+WHITE = 0.95
+MAX_GAIN = 30.0
+
+
+def auto_exposure_gain(img: np.ndarray) -> float:
+    """The exposure gain (>= 1) that puts the image's white point at ``WHITE`` (see above)."""
+    x = _check(img)
+    top = x if x.ndim == 2 else x.max(2)
+    p = float(np.percentile(top, WHITE_PERCENTILE))
+    return float(np.clip(WHITE / max(p, 1e-4), 1.0, MAX_GAIN))
+
+
+def exposure_target(img: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean brightness the image would have at its automatic exposure (over ``mask`` if given)."""
+    x = _check(img)
+    lit = np.clip(x * auto_exposure_gain(x), 0, 1)
+    return float(lit[mask].mean() if mask is not None else lit.mean())
+
+
+def auto_gamma_value(img: np.ndarray) -> float:
+    """The gamma whose curve ``x ** g`` gives the image the mean brightness of its automatic exposure.
+
+    Mean brightness falls monotonically with g, so a bisection on a thumbnail finds it; g <= 1
+    (never darkens).
+    """
+    x = _check(img)
+    step = max(1, max(x.shape[:2]) // 256)
+    small = x[::step, ::step].astype(np.float64)
+    target = exposure_target(small)
+    lo, hi = 0.05, 1.0
+    if float((small**hi).mean()) >= target:
+        return hi
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if float((small**mid).mean()) < target else (mid, hi)
+    return round(0.5 * (lo + hi), 4)
 
 
 def gamma_correct(img: np.ndarray, gamma: float | None = None) -> tuple[np.ndarray, dict]:
-    """``out = img ** gamma`` (gamma < 1 brightens); ``None``: from the mean brightness."""
+    """``out = img ** gamma`` (gamma < 1 brightens); ``None``: ``auto_gamma_value`` (automatic exposure)."""
     g = check("gamma", gamma, optional=True)
     x = _check(img)
     g = auto_gamma_value(x) if g is None else g
