@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from scheduler import constants as C
 from scheduler.constants import ACTIVE, TERMINAL, Status  # noqa: F401 - re-exported: `from scheduler.db import Status`
 
 # Set before the first revision so constraint names are stable across SQLite and PostgreSQL.
@@ -210,7 +211,11 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # A frozen process (SIGSTOP, a stall) inside a transaction would hold its row locks, and block the
+        # sweeper's requeue of its job, for as long as it stays frozen: the server ends such a session.
+        idle_ms = int(C.DB_IDLE_IN_TRANSACTION_SECONDS * 1000)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                               connect_args={"options": f"-c idle_in_transaction_session_timeout={idle_ms}"})
     return engine
 
 

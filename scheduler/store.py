@@ -314,7 +314,7 @@ class S3Store:
                 self._not_found(exc, src)
                 raise
 
-        _retry(copy, f"promotion of {src}")
+        _retry(copy, f"upload of {dst}")  # the last step of an upload, as the user sees it
         self.delete(src)
 
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:

@@ -189,7 +189,10 @@ class JobRun:
         deleted and never reaches `key`: it raises StaleAttempt."""
         self._staged += 1
         staged = f"{self.staging}/{self._staged:08d}"
-        info = self.store.put_file(staged, path)
+        try:
+            info = self.store.put_file(staged, path)
+        except StoreError as exc:  # say which object failed, not where it was staged
+            raise StoreError(str(exc).replace(staged, key)) from exc
         promoted = False
         try:
             with session_scope(self.settings.db_url) as s:
@@ -296,6 +299,22 @@ def clean_staging(store: Store, job_id: str, keep_fence: int | None = None) -> i
             store.delete(obj.key)
             n += 1
     return n
+
+
+def drop_unrecorded(ctx: WorkerContext, job_id: str) -> int:
+    """Delete the objects under a finished job's own prefix that no artifact row records (an object promoted
+    by an attempt whose transaction then failed: its session ended while it was frozen, say). Returns how many."""
+    prefix = f"jobs/{job_id}/"
+    objects = [o.key for o in ctx.store.list(prefix) if f"/{STAGING}/" not in o.key]
+    if not objects:
+        return 0
+    with session_scope(ctx.settings.db_url) as s:
+        recorded = set(s.execute(select(Artifact.key).where(Artifact.key.like(f"{prefix}%"))).scalars())
+    stray = [k for k in objects if k not in recorded]
+    for key in stray:
+        log.warning("job %s: deleting %s (no artifact row: an attempt's write that did not commit)", job_id, key)
+        ctx.store.delete(key)
+    return len(stray)
 
 
 class Heartbeat(threading.Thread):
@@ -452,6 +471,8 @@ def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None
         return False
     try:
         clean_staging(ctx.store, run.job_id)  # stale attempts that staged after this one's claim
+        if outcome is S.SUCCEEDED:
+            drop_unrecorded(ctx, run.job_id)
     except Exception as exc:  # noqa: BLE001
         log.warning("job %s: could not clean staged objects: %s", run.job_id, exc)
     if run.parent_id:

@@ -166,7 +166,8 @@ def _cluster(tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
     from scheduler.settings import get_settings
 
     env = dict(FAST, MEDGAN_DATABASE_URL=f"sqlite:///{tmp_path / 'medgan.db'}", MEDGAN_BROKER_URL=redis.url,
-               MEDGAN_STORE_PATH=str(tmp_path / "store"), **extra)
+               MEDGAN_STORE_PATH=str(tmp_path / "store"))
+    env.update(extra)  # may replace the database (PostgreSQL) too
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     reset_settings()

@@ -21,23 +21,28 @@ import signal
 import threading
 import time
 
+import pytest
 from sqlalchemy import select
 
 from scheduler.client import Client
 from scheduler.db import Artifact, Job, JobEvent, session_scope
 from tests.conftest import wait_for
-from tests.fault.conftest import TINY_TRAIN, processes_mentioning
+from tests.fault.conftest import TINY_TRAIN, _cluster, processes_mentioning
 
 FREEZES = 5
 SEED = 20261202
-STEPS = 160
+STEPS = 100
 KEEP = 2  # keep_checkpoints: the store keeps the newest two (and best.json's)
 
 
+def _is_trainer(cmd: str) -> bool:
+    """A training rank (not the accelerate launcher, not the guardian)."""
+    return "medgan.train" in cmd and "accelerate.commands.launch" not in cmd and "worker.launcher" not in cmd
+
+
 def _trainers(home) -> int:
-    """Live training processes (the ranks, not the launcher or the guardian) of one worker's host disk."""
-    return sum(1 for _, cmd in processes_mentioning(str(home))
-               if "medgan.train" in cmd and "accelerate.commands.launch" not in cmd and "worker.launcher" not in cmd)
+    """Live training processes of one worker's host disk."""
+    return sum(1 for _, cmd in processes_mentioning(str(home)) if _is_trainer(cmd))
 
 
 class Sampler(threading.Thread):
@@ -54,7 +59,9 @@ class Sampler(threading.Thread):
             with session_scope(self.settings.db_url) as s:
                 job = s.get(Job, self.job_id)
                 lease = (job.status, job.lease_owner, job.fence)
-            self.rows.append((time.monotonic(), *lease, {n: _trainers(p.home) for n, p in self.workers.items()}))
+            procs = [cmd for _, cmd in processes_mentioning("medgan.train") if _is_trainer(cmd)]  # one /proc scan
+            self.rows.append((time.monotonic(), *lease,
+                              {n: sum(str(p.home) in cmd for cmd in procs) for n, p in self.workers.items()}))
 
 
 def _host_last_step(home, job_id: str) -> int | None:
@@ -70,7 +77,15 @@ def _host_last_step(home, job_id: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def test_five_freezes_longer_than_the_lease_run_the_job_exactly_once(cluster, figures):
+@pytest.fixture
+def pg_cluster(tmp_path, env_home, private_redis, postgres_url, monkeypatch):
+    """Production's database: a process frozen inside a transaction holds row locks, which PostgreSQL ends
+    (idle_in_transaction_session_timeout); SQLite's one write lock would stop everyone until SIGCONT."""
+    yield from _cluster(tmp_path, private_redis, monkeypatch, MEDGAN_DATABASE_URL=postgres_url)
+
+
+def test_five_freezes_longer_than_the_lease_run_the_job_exactly_once(pg_cluster, figures):
+    cluster = pg_cluster
     rng = random.Random(SEED)
     # Most freezes land a random number of steps into the attempt's training; one during start-up.
     plan = [("steps", rng.randint(1, 10), rng.uniform(0.0, 0.3)) for _ in range(FREEZES)]

@@ -69,3 +69,18 @@ def test_dataset_upload_is_content_addressed_and_verified(store, tmp_path):
     assert (local / "sub" / "b c.png").read_bytes() == b"B" * 50
     (src / "a.png").write_bytes(b"changed")
     assert upload_dataset(store, src) != key  # new content, new version
+
+
+def test_promote_moves_a_staged_object_over_its_key(store):
+    """Fenced uploads stage first (jobs/<id>/_attempts/<token>/…) and promote: the key gets the staged bytes,
+    replacing what it held, and the staged object is gone; a missing source is NotFound, nothing changes."""
+    store.put_bytes("jobs/abc/config.json", b"old")
+    store.put_bytes("jobs/abc/_attempts/000002/00000001", b"new")
+    store.promote("jobs/abc/_attempts/000002/00000001", "jobs/abc/config.json")
+    assert store.get_bytes("jobs/abc/config.json") == b"new"
+    assert [o.key for o in store.list("jobs/abc/")] == ["jobs/abc/config.json"]
+    with pytest.raises(NotFound):
+        store.promote("jobs/abc/_attempts/000002/00000009", "jobs/abc/config.json")
+    assert store.get_bytes("jobs/abc/config.json") == b"new"
+    with pytest.raises(InvalidKey):
+        store.promote("jobs/abc/config.json", "../escape")
