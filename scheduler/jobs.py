@@ -309,6 +309,22 @@ def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> 
     return [s[0] for s in sent]
 
 
+def dispatch_dependents(settings: Settings, finished: Sequence[str]) -> list[str]:
+    """After jobs finished (committed): send the queued jobs that depend on one of them and are ready now, and
+    end those whose dependency did not succeed (`dispatch_ready` on exactly those). A worker calls it after
+    every job, so it reads only the queued jobs that have dependencies, in one autocommit query, and does
+    nothing more when none names a finished job (the common case): the sweeper's `dispatch_ready(settings)`
+    re-sends lost messages, not the hot path. It reads after the finish's commit, so a dependent submitted
+    meanwhile is seen here or sees the dependency finished in its own dispatch."""
+    names = set(finished)
+    engine = get_engine(settings.db_url)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        rows = conn.execute(select(Job.id, Job.depends_on).where(
+            Job.status == S.QUEUED.value, func.json_array_length(Job.depends_on) > 0)).all()
+    waiting = [job_id for job_id, deps in rows if names.intersection(deps or [])]
+    return dispatch_ready(settings, waiting) if waiting else []
+
+
 def _empty_queues(settings: Settings, queues: list[str]) -> list[str]:
     """Those of `queues` the broker holds no message for (all of them when it cannot be asked)."""
     try:

@@ -50,6 +50,11 @@ def transition(
 
     `values` are extra columns set in the same UPDATE (lease owner, timestamps...); `guard` are
     extra WHERE conditions of the compare-and-set (the lease owner, say).
+
+    One compare-and-set UPDATE per expected status, in order, until one matches: the event's from-status is
+    then exactly what the row held when it changed (a read before the UPDATE could see a status that a
+    concurrent cancel changed in between), and the usual case costs one statement. Where the database has
+    UPDATE … RETURNING (PostgreSQL, SQLite 3.35+) the updated row comes back with it, no second read.
     """
     expected = list(expect)
     for src in expected:
@@ -66,23 +71,26 @@ def transition(
     if reason is not None and to in (S.FAILED, S.CANCELLED, S.QUEUED):
         cols["message"] = reason
     cols.update(values or {})
-    current = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
-    if current is None:
+    guard = list(guard)
+    returning = session.get_bind().dialect.update_returning
+    job: Job | None = None
+    for src in expected:
+        stmt = update(Job).where(Job.id == job_id, Job.status == src.value, *guard).values(**cols)
+        if returning:
+            job = session.execute(stmt.returning(Job), execution_options={
+                "synchronize_session": False, "populate_existing": True}).scalars().first()
+        elif session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1:
+            job = session.get(Job, job_id, populate_existing=True)
+        if job is not None:
+            break
+    else:
         return None
-    res = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([s.value for s in expected]), *guard)
-        .values(**cols)
-        .execution_options(synchronize_session=False)
-    )
-    if res.rowcount != 1:
-        return None
-    session.add(JobEvent(job_id=job_id, from_status=current, to_status=to.value, actor=actor, reason=reason, at=now))
+    session.add(JobEvent(job_id=job_id, from_status=src.value, to_status=to.value, actor=actor, reason=reason, at=now))
     if to.terminal or to is S.QUEUED:
         # Every way a job ends (or loses its run) frees its cards, in the same transaction.
         session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
     session.flush()
-    return session.get(Job, job_id, populate_existing=True)
+    return job
 
 
 def claim(

@@ -33,7 +33,7 @@ from scheduler.broker import make_celery, send_job
 from scheduler.datasets import download_dataset, object_key
 from scheduler.db import Artifact, Job, LogChunk, MetricPoint, Status, Worker, session_scope, utcnow
 from scheduler.errors import MedganUserError, StoreError
-from scheduler.jobs import dispatch_ready
+from scheduler.jobs import dispatch_dependents, dispatch_ready
 from scheduler.settings import Settings
 from scheduler.specs import parse_spec
 from scheduler.store import Store, make_store
@@ -117,9 +117,10 @@ class JobRun:
         self.shard_index = job.shard_index
         self.prefix = f"jobs/{job.id}"
         self.staging = f"{self.prefix}/{STAGING}/{self.fence:06d}"  # this attempt's writes before promotion
-        self.work_dir = ctx.work_root / job.id
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.lease_file = self.work_dir / C.LEASE_FILE
+        self._work_dir = ctx.work_root / job.id
+        self._work_dir_made = False
+        self._lease_lock = threading.Lock()
+        self._lease_deadline = 0.0
         self.stop_reason: str | None = None  # set by the heartbeat: "cancelled", "preempted" or "lease lost"
         self.child: subprocess.Popen | None = None  # the science's guardian while one runs
         self.refused = 0  # stale effects refused (figures, logs)
@@ -137,13 +138,43 @@ class JobRun:
         """The science subprocess's environment: exactly the leased cards, and this job's CPU threads."""
         return child_env(self.cards if self.uses_gpu else None, self.ctx.inventory.cpu_threads, processes)
 
+    @property
+    def work_dir(self) -> Path:
+        """This job's folder on this host (kept across its attempts here), made on first use, with the lease
+        file in it. A job that never writes a file (no science process, no download: `noop`) never makes
+        one, and the worker spends no filesystem calls on it."""
+        if not self._work_dir_made:
+            with self._lease_lock:
+                if not self._work_dir_made:
+                    self._work_dir.mkdir(parents=True, exist_ok=True)
+                    self._write_lease_file()
+                    self._work_dir_made = True
+        return self._work_dir
+
+    @property
+    def lease_file(self) -> Path:
+        """The renewal deadline for the science's guardian (worker/launcher.py): the file's mtime."""
+        return self.work_dir / C.LEASE_FILE
+
+    def remove_work_dir(self) -> None:
+        """Delete the work dir (and what earlier attempts here left in it), if there is one."""
+        if self._work_dir_made or self._work_dir.exists():
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+
     # -- the fence ----------------------------------------------------------------------
     def renewed(self, at: float) -> None:
         """The lease was renewed at `at` (epoch s): the lease file's mtime becomes the moment by which the
-        science must be gone if no renewal follows (the guardian, worker/launcher.py, watches it)."""
-        deadline = at + self.settings.lease_seconds * (1 - C.SELF_FENCE_MARGIN)
-        self.lease_file.touch()
-        os.utime(self.lease_file, (deadline, deadline))
+        science must be gone if no renewal follows (the guardian, worker/launcher.py, watches it). The file
+        lives in the work dir; before that exists no science can run, and it is written when it is made."""
+        with self._lease_lock:
+            self._lease_deadline = at + self.settings.lease_seconds * (1 - C.SELF_FENCE_MARGIN)
+            if self._work_dir_made:
+                self._write_lease_file()
+
+    def _write_lease_file(self) -> None:  # under _lease_lock
+        path = self._work_dir / C.LEASE_FILE
+        path.touch()
+        os.utime(path, (self._lease_deadline, self._lease_deadline))
 
     def _holds(self, s) -> bool:  # noqa: ANN001 - a Session
         return states.fence_holds(s, self.job_id, self.ctx.name, self.fence)
@@ -412,10 +443,7 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
         return "busy"
     job, cards = got
     run = JobRun(ctx, job, cards)
-    try:
-        clean_staging(ctx.store, job_id)  # what earlier attempts staged and never promoted
-    except Exception as exc:  # noqa: BLE001 - the store may be down now; the next clean-up removes them
-        log.warning("job %s: could not clean staged objects: %s", job_id, exc)
+    _clean_stale_staging(ctx, run)  # what earlier attempts staged and never promoted
     beat = Heartbeat(run)
     beat.start()
     log.info("job %s (%s) claimed by %s with cards %s (token %d)", job_id, job.kind, ctx.name, cards, run.fence)
@@ -445,7 +473,7 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
     if not _finish(ctx, run, outcome, reason):
         return "lost"
     if outcome is S.SUCCEEDED:
-        shutil.rmtree(run.work_dir, ignore_errors=True)
+        run.remove_work_dir()
     return outcome.value
 
 
@@ -469,20 +497,33 @@ def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None
         log.warning("job %s: the final %s was refused (its token %d is stale)", run.job_id, outcome.value,
                     run.fence)
         return False
-    try:
-        clean_staging(ctx.store, run.job_id)  # stale attempts that staged after this one's claim
-        if outcome is S.SUCCEEDED:
+    _clean_stale_staging(ctx, run)  # stale attempts that staged after this one's claim
+    if outcome is S.SUCCEEDED:
+        try:
             drop_unrecorded(ctx, run.job_id)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("job %s: could not clean staged objects: %s", run.job_id, exc)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("job %s: could not clean unrecorded objects: %s", run.job_id, exc)
     if run.parent_id:
         # A transaction of its own, after the child's commit: of two shards ending together,
         # the later one then sees both (and the sweeper catches anything missed).
         with session_scope(ctx.settings.db_url) as s:
             fanout.maybe_finish_parent(s, ctx.store, run.parent_id, actor=ctx.name)
     log.info("job %s %s%s", run.job_id, outcome.value, f": {reason}" if reason else "")
-    dispatch_ready(ctx.settings)  # dependents of this job may be ready now
+    # Jobs that depend on this one (or on its parent, which it may just have finished) may be ready now.
+    dispatch_dependents(ctx.settings, [run.job_id, *([run.parent_id] if run.parent_id else [])])
     return True
+
+
+def _clean_stale_staging(ctx: WorkerContext, run: JobRun) -> None:
+    """Delete what other attempts of the job staged and never promoted. Token 1 is a job's first claim ever
+    (tokens only grow, a retry included): no other attempt exists, so there is nothing to list (one store
+    LIST fewer at each end of most jobs)."""
+    if run.fence <= 1:
+        return
+    try:
+        clean_staging(ctx.store, run.job_id)
+    except Exception as exc:  # noqa: BLE001 - the store may be down now; the next clean-up removes them
+        log.warning("job %s: could not clean staged objects: %s", run.job_id, exc)
 
 
 def _send_back(ctx: WorkerContext, job_id: str) -> None:
