@@ -40,6 +40,7 @@ CANCEL_GRACE_SECONDS = 30.0  # SIGTERM → SIGKILL grace for a training subproce
 SELF_FENCE_MARGIN = 0.25  # a worker stops its science once this fraction of the lease is left unrenewed
 LEASE_FILE = "lease"  # in a job's work dir: touched at each renewal; the guardian kills the science if it ages
 DB_IDLE_IN_TRANSACTION_SECONDS = 15.0  # PostgreSQL ends a session idle this long inside a transaction
+DB_PING_IDLE_SECONDS = 1.0  # a pooled connection unused this long is pinged before it is handed out again
 VISIBILITY_TIMEOUT_SECONDS = 3600  # Redis redelivery of an unacknowledged message (see Settings)
 PREEMPT_GRACE_SECONDS = 30.0  # a higher-priority job waits this long for cards before it preempts
 FAIR_SHARE_WINDOW_SECONDS = 7 * 24 * 3600.0  # GPU time this recent counts for fair share
