@@ -31,7 +31,7 @@ from tests.fault.conftest import TINY_TRAIN, _cluster, processes_mentioning
 
 FREEZES = 5
 SEED = 20261202
-STEPS = 100
+STEPS = 60
 KEEP = 2  # keep_checkpoints: the store keeps the newest two (and best.json's)
 
 
