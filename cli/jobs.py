@@ -66,6 +66,9 @@ def show(job_id: JobId, json_: Json = False) -> None:
     for key in ("id", "kind", "status", "name", "owner", "priority", "gpus", "queue", "attempt", "lease_owner",
                 "created_at", "started_at", "finished_at"):
         table.add_row(key, str(job.get(key)))
+    # Not failures: a requeue after a lost worker or a preemption does not count against --max-attempts.
+    table.add_row("requeues", f"{job.get('lease_losses', 0)} lost lease(s), {job.get('preemptions', 0)} preemption(s)"
+                  + ("" if job.get("preemptible", True) else "; never preempted (--no-preempt)"))
     table.add_row("progress", f"{100 * job['progress']:.1f}% ({job['step']}/{job['total']})")
     table.add_row("duration", fmt_duration(job["duration_s"]))
     if job.get("queue_position"):

@@ -44,3 +44,15 @@ def test_no_preempt_flag_reaches_the_job(embedded):
     assert job["preemptible"] is False
     default = json.loads(runner.invoke(app, ["train", "--steps", "2", "--json"]).output)
     assert default["preemptible"] is True
+
+
+def test_jobs_show_tells_requeues_apart_from_failures(embedded):
+    from cli import app
+
+    job = json.loads(runner.invoke(app, ["train", "--steps", "2", "--no-preempt", "--json"]).output)
+    with session_scope(embedded.db_url) as s:
+        row = s.get(Job, job["id"])
+        row.lease_losses, row.preemptions = 2, 1
+    out = runner.invoke(app, ["jobs", "show", job["id"]])
+    assert out.exit_code == 0, out.output
+    assert "2 lost lease(s), 1 preemption(s); never preempted (--no-preempt)" in " ".join(out.output.split())
