@@ -63,23 +63,23 @@ class TrainConfig(_Frozen):
     z_dim: int = Field(128, ge=8, le=1024)
     base_channels: int = Field(64, ge=8, le=1024, description="width of the networks")
     loss: Literal["hinge", "nonsaturating"] = "hinge"
-    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight on real images (0: off)")
+    r1_gamma: float = Field(0.2, ge=0, description="R1 penalty weight on real images (0: off)")
     r1_every: int = Field(16, ge=1, description="lazy R1: penalise every N steps with weight x N (1: every step)")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     diffaug: str = Field("translation,cutout", description="DiffAugment policy, comma separated; '' for none")
-    ada: bool = Field(False, description="adaptive discriminator augmentation: r_t heuristic drives p")
+    ada: bool = Field(True, description="adaptive discriminator augmentation: r_t heuristic drives p")
     ada_target: float = Field(0.6, gt=0, lt=1, description="ADA target of r_t = E[sign(D(real))]")
-    ada_kimg: float = Field(20.0, gt=0, description="thousands of images for p to move by 1 (speed of ADA)")
+    ada_kimg: float = Field(5.0, gt=0, description="thousands of images for p to move by 1 (speed of ADA)")
     ada_interval: int = Field(4, ge=1, description="steps between ADA adjustments of p")
     ada_p: float = Field(0.0, ge=0, le=1, description="initial (ada=True) or fixed (ada=False, >0) augment p")
     ada_ops: str = Field("xflip,rot90,translate,scale,rotate,aniso,brightness,contrast",
                          description="ADA pipeline, comma separated")
     mask_coupling: Literal["none", "segmenter"] = Field(
-        "none", description="with_masks: how the mask channel is tied to the lesions it marks (medgan.coupling)")
-    mask_source: Literal["generated", "bank"] = Field(
-        "generated", description="with_masks: 'generated': G emits the mask channel; 'bank': each lesion-class "
-                                 "sample takes a real mask of the run (chosen by its noise) and G draws the image "
-                                 "around it (mask first; medgan.models.cgan)")
+        "segmenter", description="with_masks: how the mask channel is tied to the lesions it marks (medgan.coupling)")
+    mask_source: Literal["auto", "generated", "bank"] = Field(
+        "auto", description="with_masks: 'generated': G emits the mask channel; 'bank': each lesion-class "
+                            "sample takes a real mask of the run (chosen by its noise) and G draws the image "
+                            "around it (mask first; medgan.models.cgan); 'auto': bank for a cgan with masks")
     mask_weight: float = Field(1.0, ge=0, description="weight of the mask-coupling terms")
     mask_segmenter_steps: int = Field(300, ge=1, le=100_000, description="fit steps of the coupling's segmenter")
     probes: bool = Field(True, description="quality probes on a fixed sample at every checkpoint (GAN runs)")
@@ -104,6 +104,11 @@ class TrainConfig(_Frozen):
         if v < 16 or v > 256 or v & (v - 1):
             raise ValueError("image_size must be a power of two between 16 and 256")
         return v
+
+    @property
+    def masks_from_bank(self) -> bool:
+        """Whether the generator takes its masks from the run's real ones (mask_source, 'auto' resolved)."""
+        return self.mask_source == "bank" or (self.mask_source == "auto" and self.with_masks and self.model == "cgan")
 
     @model_validator(mode="after")
     def _mask_source(self) -> "TrainConfig":

@@ -19,7 +19,7 @@ def build_generator(cfg: TrainConfig) -> nn.Module:
         raise ValueError(f"no GAN generator for model {cfg.model!r}")
     if cfg.model == "cgan":
         return cls(cfg.image_size, cfg.channels, cfg.num_classes, cfg.z_dim, cfg.base_channels, cfg.with_masks,
-                   mask_bank=cfg.mask_source == "bank")
+                   mask_bank=cfg.masks_from_bank)
     return cls(cfg.image_size, cfg.channels, cfg.num_classes, cfg.z_dim, cfg.base_channels, cfg.with_masks)
 
 

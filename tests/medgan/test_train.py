@@ -40,9 +40,11 @@ def _rows(run: Path, kind: str | None = None) -> list[dict]:
     return [r for r in rows if r.get("kind") == kind]
 
 
-def test_cgan_with_masks_run_dir_layout(tmp_path):
+@pytest.mark.parametrize("mask_source", ["generated", "auto"])
+def test_cgan_with_masks_run_dir_layout(tmp_path, mask_source):
     cfg = tiny(with_masks=True, r1_gamma=1.0, r1_every=2, diffaug="color,translation,cutout", ada=True,
-               mask_coupling="segmenter")
+               mask_coupling="segmenter", mask_source=mask_source)
+    follow = "mask_follow_image" if mask_source == "generated" else "image_follow_mask"
     seen = {"progress": [], "ckpt": []}
     cb = Callbacks(on_progress=lambda s, t, st: seen["progress"].append((s, t, st)),
                    on_checkpoint=lambda s, p: seen["ckpt"].append((s, p)))
@@ -54,7 +56,7 @@ def test_cgan_with_masks_run_dir_layout(tmp_path):
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [2, 4, 6]
     diagnostics = {"total", "time", "loss_d", "loss_g", "imgs_per_s", "d_real", "d_fake", "grad_d", "grad_g",
-                   "ada_p", "mask_nonempty", "mask_px", "mask_follow_image", "seg_px"}
+                   "ada_p", "mask_nonempty", "mask_px", follow, "seg_px"}
     assert all(diagnostics <= set(r) for r in rows), [diagnostics - set(r) for r in rows]
     assert "r1" in rows[0] and "segmenter/dice_train" in rows[0]  # r1 on even steps; fit notes in row 1
     assert [s for s, _, _ in seen["progress"]] == [2, 4, 6]
@@ -202,9 +204,10 @@ def _small_data_run(tmp_path, **kw):
     return cfg, train(cfg, tmp_path)
 
 
-def test_short_run_keeps_its_mask_channel_and_records_recall(tmp_path, caplog):
+@pytest.mark.parametrize("mask_source", ["generated", "auto"])
+def test_short_run_keeps_its_mask_channel_and_records_recall(tmp_path, caplog, mask_source):
     caplog.set_level("WARNING", logger="medgan.train")
-    _small_data_run(tmp_path)
+    _small_data_run(tmp_path, mask_source=mask_source)
     probes = _rows(tmp_path, "probe")
     assert [p["step"] for p in probes] == [8, 16, 24]
     assert all(isinstance(p["probe/recall"], float) and isinstance(p["probe/recall_real"], float) for p in probes)
