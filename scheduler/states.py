@@ -45,11 +45,14 @@ def transition(
     reason: str | None = None,
     values: dict[str, Any] | None = None,
     guard: Iterable[Any] = (),
+    holds_cards: bool = True,
 ) -> Job | None:
     """Move `job_id` from one of `expect` to `to`; returns the updated job, or None if the CAS lost.
 
     `values` are extra columns set in the same UPDATE (lease owner, timestamps...); `guard` are
-    extra WHERE conditions of the compare-and-set (the lease owner, say).
+    extra WHERE conditions of the compare-and-set (the lease owner, say). `holds_cards=False` says the caller
+    knows the job holds no card lease (the worker whose claim leased none: every lease is taken by a claim and
+    freed when that attempt ends), so ending it has no lease row to delete.
 
     One compare-and-set UPDATE per expected status, in order, until one matches: the event's from-status is
     then exactly what the row held when it changed (a read before the UPDATE could see a status that a
@@ -86,7 +89,7 @@ def transition(
     else:
         return None
     session.add(JobEvent(job_id=job_id, from_status=src.value, to_status=to.value, actor=actor, reason=reason, at=now))
-    if to.terminal or to is S.QUEUED:
+    if (to.terminal or to is S.QUEUED) and holds_cards:
         # Every way a job ends (or loses its run) frees its cards, in the same transaction.
         session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
     session.flush()
@@ -98,14 +101,12 @@ def claim(
 ) -> Job | None:
     """QUEUED → RUNNING for exactly one claimant; leases `gpus` (host, index) in the same transaction.
 
-    A duplicate delivery, or a job cancelled meanwhile, finds nothing to claim and gets None.
+    A duplicate delivery, or a job cancelled meanwhile (or one that does not exist), finds nothing to claim
+    and gets None.
     Cards already leased to another job make the primary key collide: the caller's transaction
     fails as a whole (IntegrityError) and nothing is claimed.
     """
     now = utcnow()
-    job = session.get(Job, job_id)
-    if job is None:
-        return None
     claimed = transition(
         session,
         job_id,
@@ -160,13 +161,14 @@ def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float,
 
 
 def finish(
-    session: Session, job_id: str, to: Status, *, owner: str, reason: str | None = None, fence: int | None = None
+    session: Session, job_id: str, to: Status, *, owner: str, reason: str | None = None, fence: int | None = None,
+    holds_cards: bool = True,
 ) -> Job | None:
     """RUNNING/CANCELLING → terminal, only for the lease holder under its token (a worker that lost its
-    lease cannot finish)."""
+    lease cannot finish). `holds_cards=False`: the holder's claim leased no card (see `transition`)."""
     return transition(
         session, job_id, to, expect=[S.RUNNING, S.CANCELLING], actor=owner, reason=reason,
-        guard=holder_guard(owner, fence),
+        guard=holder_guard(owner, fence), holds_cards=holds_cards,
     )
 
 

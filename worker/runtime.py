@@ -492,7 +492,8 @@ def _requeue_preempted(ctx: WorkerContext, run: JobRun) -> str:
 
 def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None) -> bool:
     with session_scope(ctx.settings.db_url) as s:
-        done = states.finish(s, run.job_id, outcome, owner=ctx.name, reason=reason, fence=run.fence)
+        done = states.finish(s, run.job_id, outcome, owner=ctx.name, reason=reason, fence=run.fence,
+                             holds_cards=bool(run.cards))
     if done is None:
         log.warning("job %s: the final %s was refused (its token %d is stale)", run.job_id, outcome.value,
                     run.fence)

@@ -142,3 +142,33 @@ def test_work_dir_only_when_used_and_its_lease_file_carries_the_last_renewal(set
     assert abs(os.stat(run.lease_file).st_mtime - (deadline + 2.0)) < 0.01
     run.remove_work_dir()
     assert not (ctx.work_root / other).exists()
+
+
+def test_a_cpu_job_costs_six_statements_and_a_gpu_job_still_goes_through_admission(settings):
+    """One no-op job, claim to dependents: the claim's read of the job (admission needs it), its UPDATE …
+    RETURNING and event, the finish's UPDATE and event (no lease rows to delete: its claim leased none), the
+    dependents' read. The control: a job asking for a card that this worker does not have waits."""
+    from sqlalchemy import event
+
+    from scheduler.db import get_engine
+    from worker.runtime import _claim
+
+    ctx = _ctx(settings)
+    job_id = J.submit(settings, {"kind": "noop"})["id"]
+    verbs: list[str] = []
+    engine = get_engine(settings.db_url)
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        verbs.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert execute_job(ctx, job_id, handler_for("noop")) == "SUCCEEDED"
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert verbs == ["SELECT", "UPDATE", "INSERT", "UPDATE", "INSERT", "SELECT"], verbs
+
+    gpu_job = J.submit(settings, {"kind": "noop", "gpus": 1})["id"]
+    assert _claim(ctx, gpu_job) == "busy"
+    job = _job(settings, gpu_job)
+    assert job.status == "QUEUED" and job.attempt == 0 and "GPU" in job.message
