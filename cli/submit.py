@@ -391,8 +391,8 @@ def run(
                                                      "$MEDGAN_DATA_DIR")] = None,
     code: Annotated[Path, typer.Option(help="folder to snapshot (respecting .gitignore)")] = Path("."),
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for the script (repeatable)")] = None,
-    max_attempts: Annotated[Optional[int], typer.Option(help="failed runs allowed (lost workers and preemptions "
-                                                              "are not failures)")] = None,
+    max_attempts: Annotated[Optional[int], typer.Option(help="failed runs allowed (a failure is final today; lost "
+                                                              "workers and preemptions never count)")] = None,
     follow_logs: Annotated[bool, typer.Option("--follow", "-f", help="stream the job's log until it ends")] = False,
     priority: Priority = None, name: Name = None, owner: Owner = None, idempotency_key: IdemKey = None,
     after: After = None, wait: Wait = False, json_: Json = False, no_preempt: NoPreempt = False,
