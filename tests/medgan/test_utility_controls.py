@@ -39,6 +39,15 @@ def data():
             "extra": s.subset(np.arange(600, 800))}
 
 
+def _show(res: dict) -> dict:
+    """The verdict lines, for `pytest -s` (the figures quoted in README.md come from this print)."""
+    base = res["arms"]["real"]["summary"][res["primary_endpoint"]]["mean"]
+    print(f"\n{res['task']}: real-only {res['primary_endpoint']} {base:.3f}")
+    for c in res["comparisons"].values():
+        print(c["line"])
+    return res
+
+
 def _controls(train: LabeledSet, extra: LabeledSet, seg: bool) -> dict[str, list[tuple[LabeledSet, float]]]:
     g = torch.Generator().manual_seed(0)
     noise = torch.rand(extra.images.shape, generator=g) * 2 - 1
@@ -58,18 +67,18 @@ def _controls(train: LabeledSet, extra: LabeledSet, seg: bool) -> dict[str, list
 def classification(data):
     torch.set_num_threads(1)
     train = data["all"].subset(np.arange(20))  # 10 real images per class: the low-data regime
-    return run_task("classification", train, data["val"], data["test"], None, num_classes=2, seeds=SEEDS,
-                    budget=Budget(steps=300, batch=32, eval_every=100), arms=("real", "real-duplicated"),
-                    custom=_controls(train, data["extra"], seg=False), bootstrap=1000)
+    return _show(run_task("classification", train, data["val"], data["test"], None, num_classes=2, seeds=SEEDS,
+                          budget=Budget(steps=300, batch=32, eval_every=100), arms=("real", "real-duplicated"),
+                          custom=_controls(train, data["extra"], seg=False), bootstrap=1000))
 
 
 @pytest.fixture(scope="module")
 def segmentation(data):
     torch.set_num_threads(1)
     train = data["all"].subset(np.arange(40))  # 20 per class: the segmenter needs a few lesions to start
-    return run_task("segmentation", train, data["val"], data["test"], None, num_classes=2, seeds=SEEDS,
-                    budget=Budget(steps=400, batch=16, eval_every=100), arms=("real", "real-duplicated"),
-                    custom=_controls(train, data["extra"], seg=True), bootstrap=1000)
+    return _show(run_task("segmentation", train, data["val"], data["test"], None, num_classes=2, seeds=SEEDS,
+                          budget=Budget(steps=400, batch=16, eval_every=100), arms=("real", "real-duplicated"),
+                          custom=_controls(train, data["extra"], seg=True), bootstrap=1000))
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
