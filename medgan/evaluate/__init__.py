@@ -318,7 +318,8 @@ def evaluate(
     if metrics.get("gates") and not metrics["gates"]["passed"]:
         gate_flag = f"the synthetic set FAILED sanity gates: {', '.join(metrics['gates']['failed'])}"
         for u in utility.values():
-            for c in u.get("comparisons", {}).values():
+            for c in [*u.get("comparisons", {}).values()] + ([u["comparison_vs_aug"]] if u.get("comparison_vs_aug")
+                                                             else []):
                 c["line"] += f" [{gate_flag}]"
     metrics["utility"] = utility
     metrics["replication"] = {
@@ -331,7 +332,9 @@ def evaluate(
                            "the real splits (one fixed split, seed 0)"]
                           + ([] if cfg.draws > 1 else ["generator sampling (one synthetic draw)"]),
     }
-    metrics["verdicts"] = [c["line"] for u in utility.values() for c in u.get("comparisons", {}).values()]
+    metrics["verdicts"] = [c["line"] for u in utility.values()
+                           for c in [*u.get("comparisons", {}).values()] + ([u["comparison_vs_aug"]]
+                                                                          if u.get("comparison_vs_aug") else [])]
     if gate_flag:
         metrics["flag"] = gate_flag
     if any(u["stopped"] for u in utility.values()):

@@ -353,7 +353,10 @@ def _arm_rows(u: dict) -> list[list[Any]]:
 
 def _comparison_rows(u: dict) -> list[list[Any]]:
     rows = []
-    for arm, c in u.get("comparisons", {}).items():
+    pairs = [(f"{arm} vs real-only", c) for arm, c in u.get("comparisons", {}).items()]
+    if u.get("comparison_vs_aug"):
+        pairs.append(("real+aug+synthetic vs real+aug", u["comparison_vs_aug"]))
+    for arm, c in pairs:
         p = c["primary"]
         ci = "–" if p.get("ci_low") is None else f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"
         extra = []
@@ -418,7 +421,7 @@ def _evaluate_section(d: Path) -> str:
                      f"{u.get('seeds_completed')} seeds; {u.get('test_images_scored')} test images scored</p>"
                      + _table(["arm", "steps", "selected step", "parts (images x share = epochs)",
                                "classical aug", "primary endpoint [t 95% over seeds]"], _arm_rows(u))
-                     + _table(["vs real-only", "difference", "95% paired bootstrap", "Holm p", "effect d_z",
+                     + _table(["comparison", "difference", "95% paired bootstrap", "Holm p", "effect d_z",
                                "secondary tests", "verdict"], _comparison_rows(u)))
     rep = m.get("replication")
     if rep:

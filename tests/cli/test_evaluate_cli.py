@@ -50,7 +50,8 @@ def test_a_folder_of_class_subfolders_with_masks_is_judged_with_a_report(tmp_pat
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["status"] == "completed" and info["verdicts"]
-    assert all(" vs real-only (" in v for v in info["verdicts"])
+    assert all(" vs real-only (" in v or " vs real+aug (" in v for v in info["verdicts"])
+    assert any(v.startswith("real+aug+synthetic vs real+aug (") for v in info["verdicts"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["synthetic"]["class_names"] == ["healthy", "lesion"]
     assert "segmentation" in metrics["utility"]  # the masks beside the images came through

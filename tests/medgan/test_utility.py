@@ -125,6 +125,10 @@ def test_every_arm_gets_the_same_optimiser_steps_whatever_its_size():
         assert c["p_holm"] >= c["primary"]["p"]
         lo, hi = c["primary"]["ci_low"], c["primary"]["ci_high"]
         assert -1 <= lo <= hi <= 1
+    vs_aug = res["comparison_vs_aug"]
+    assert vs_aug["line"].startswith("real+aug+synthetic vs real+aug (classification)")
+    assert vs_aug["primary"]["diff"] == pytest.approx(
+        res["comparisons"]["real+aug+synthetic"]["primary"]["diff"] - res["comparisons"]["real+aug"]["primary"]["diff"])
     rows = utility_rows(res)
     assert {(r["arm"], r["kind"]) for r in rows} == {(a, "arm") for a in ARMS} | {(a, "vs real") for a in ARMS[1:]}
 
