@@ -233,3 +233,21 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def write_masks_beside(root: Path, count: int, seed: int, prefix: str = "") -> Path:
+    """The phantom as another generator's folder would hold it: class sub-folders (healthy/, lesion/), each image
+    with its mask beside it as <stem>_mask.png (not medgan.phantom.write_phantom_folder's masks/ layout)."""
+    import numpy as np
+    from PIL import Image
+
+    from medgan.config import PhantomSpec
+    from medgan.phantom import make_phantom
+
+    x, y, m = make_phantom(PhantomSpec(count=count, size=32, seed=seed))
+    for i in range(count):
+        d = root / ("lesion" if y[i] else "healthy")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(x[i] * 255).astype(np.uint8)).save(d / f"{prefix}{i:04d}.png")
+        Image.fromarray(m[i] * 255).save(d / f"{prefix}{i:04d}_mask.png")
+    return root

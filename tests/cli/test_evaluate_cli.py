@@ -10,12 +10,8 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from medgan.config import PhantomSpec
-from medgan.phantom import make_phantom
 from tests.cli.test_cli import assert_one_line_error
+from tests.conftest import write_masks_beside
 
 FAST = ["--set", "steps=10", "--set", "seg_steps=10", "--set", "eval_every=5", "--set", "judge_steps=20",
         "--set", "bootstrap=50", "--set", "kid_subsets=5", "--set", "kid_subset_size=10", "--set", "epochs=1",
@@ -38,12 +34,7 @@ class _Imgs(HTMLParser):
 
 
 def test_a_folder_of_class_subfolders_with_masks_is_judged_with_a_report(tmp_path):
-    x, y, m = make_phantom(PhantomSpec(count=60, size=32, seed=33))
-    for i in range(60):
-        d = tmp_path / "gen" / ("lesion" if y[i] else "healthy")
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(x[i] * 255).astype(np.uint8)).save(d / f"{i:04d}.png")
-        Image.fromarray(m[i] * 255).save(d / f"{i:04d}_mask.png")
+    write_masks_beside(tmp_path / "gen", 60, seed=33)
     out = tmp_path / "out"
     proc = _medgan("evaluate", "--synthetic", str(tmp_path / "gen"), "--out", str(out), "--phantom-count", "160",
                    "--set", "image_size=32", *FAST, "--json", tmp=tmp_path)

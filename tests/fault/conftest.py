@@ -340,11 +340,26 @@ def foreign_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     return out
 
 
-def plant_checkpoint(store, job_id: str, ckpt: Path) -> None:
-    """Put a checkpoint folder under jobs/<job_id>/checkpoints/<its name>/, COMPLETE last."""
+def plant_checkpoint(store, job_id: str, ckpt: Path, settings=None) -> None:
+    """Put a checkpoint folder under jobs/<job_id>/checkpoints/<its name>/, COMPLETE last. With `settings`, also
+    its artifact rows under the job's current fencing token, as an earlier attempt of the job would have written
+    them: resume and generate only ever read checkpoints of the job's lineage (objects without rows are ignored),
+    so a bad checkpoint must be in the lineage to test what reading it does."""
+    import hashlib
+
+    from scheduler.db import Artifact, Job, session_scope
+
     files = sorted(p for p in ckpt.iterdir() if p.is_file())
     for path in sorted(files, key=lambda p: p.name == "COMPLETE"):
         store.put_file(f"jobs/{job_id}/checkpoints/{ckpt.name}/{path.name}", path)
+    if settings is not None:
+        with session_scope(settings.db_url) as s:
+            fence = s.get(Job, job_id).fence
+            for path in files:
+                data = path.read_bytes()
+                s.add(Artifact(job_id=job_id, key=f"jobs/{job_id}/checkpoints/{ckpt.name}/{path.name}",
+                               size=len(data), sha256=hashlib.sha256(data).hexdigest(), kind="checkpoint",
+                               fence=fence))
 
 
 def relist_complete(ckpt: Path) -> None:

@@ -145,7 +145,7 @@ def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path,
     # -- found by the science subprocess: models and checkpoints
     # A cgan train job holding a zerodce checkpoint (a zerodce job itself is refused at submission).
     dce = finished_job(settings, "train", {"config": TRAIN2})
-    plant_checkpoint(store, dce, foreign_checkpoints["zerodce"])
+    plant_checkpoint(store, dce, foreign_checkpoints["zerodce"], settings)
     expect["generate from a checkpoint of another model (zerodce)"] = (
         client.submit("generate", source_job=dce, config={"count": 2})["id"], ["zerodce"])
     cut = tmp_path / "cut" / foreign_checkpoints["cgan_tiny"].name
@@ -153,7 +153,7 @@ def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path,
     ema = cut / "generator_ema.safetensors"
     ema.write_bytes(ema.read_bytes()[: ema.stat().st_size // 2])
     cut_job = finished_job(settings, "train", {"config": TRAIN2})
-    plant_checkpoint(store, cut_job, cut)
+    plant_checkpoint(store, cut_job, cut, settings)
     expect["generate from a truncated checkpoint"] = (
         client.submit("generate", source_job=cut_job, config={"count": 2})["id"],
         ["generator_ema.safetensors", "corrupt"])
@@ -163,7 +163,7 @@ def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path,
     # Resuming from a planted checkpoint: the train jobs wait on a short noop while it is planted.
     gate = client.submit("noop", sleep=1.0)["id"]
     wide = client.submit("train", config=TRAIN2, depends_on=[gate])["id"]
-    plant_checkpoint(store, wide, foreign_checkpoints["cgan_wide"])
+    plant_checkpoint(store, wide, foreign_checkpoints["cgan_wide"], settings)
     expect["resume from a checkpoint of another size"] = (wide, ["CheckpointError", "could not be loaded", "size"])
     evil = tmp_path / "evil" / foreign_checkpoints["cgan_tiny"].name
     shutil.copytree(foreign_checkpoints["cgan_tiny"], evil)
@@ -172,7 +172,7 @@ def test_bad_inputs_fail_clearly_and_the_worker_keeps_serving(cluster, tmp_path,
     (evil / "optimizer.bin").write_bytes(pickle.dumps({"state": OpensAFile(marker)}, protocol=2))
     relist_complete(evil)
     pickled = client.submit("train", config=TRAIN2, depends_on=[gate])["id"]
-    plant_checkpoint(store, pickled, evil)
+    plant_checkpoint(store, pickled, evil, settings)
     expect["resume from a checkpoint holding a pickled payload"] = (
         pickled, ["CheckpointError", "Weights only load failed"])
 

@@ -17,6 +17,7 @@ from medgan.errors import DataError
 from medgan.evaluate import evaluate, load_synthetic
 from medgan.evaluate.features import TorchScriptExtractor, train_cnn_extractor
 from medgan.phantom import make_phantom
+from tests.conftest import write_masks_beside
 
 REAL = PhantomSpec(count=200, size=32, seed=0)
 
@@ -147,12 +148,7 @@ def test_errors_and_synthetic_reader(folders, tmp_path):
 def test_any_generator_folder_class_subfolders_and_masks_beside(tmp_path):
     """A folder that is not a generate job's: class sub-folders named like the real classes (in another
     order), masks as <stem>_mask.png beside the images."""
-    x, y, m = make_phantom(PhantomSpec(count=40, size=32, seed=21))
-    for i in range(40):
-        d = tmp_path / "other" / ("lesion" if y[i] else "healthy")
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(x[i] * 255).astype(np.uint8)).save(d / f"s{i:03d}.png")
-        Image.fromarray(m[i] * 255).save(d / f"s{i:03d}_mask.png")
+    write_masks_beside(tmp_path / "other", 40, seed=21, prefix="s")
     data, info = load_synthetic(tmp_path / "other", 32, 1)
     assert len(data) == 40 and data.masks is not None and info["class_names"] == ["healthy", "lesion"]
     out = evaluate(_cfg(gates="off", segmentation=True), None, tmp_path / "other", tmp_path / "out", phantom=REAL)
