@@ -24,8 +24,8 @@ from tests.fault.conftest import TINY_TRAIN, _cluster
 from worker.tasks._common import newest_checkpoint, stored_checkpoints
 
 GRACE = 2.0
-STEPS = 100
-CFG = {**TINY_TRAIN, "steps": STEPS, "checkpoint_every": 4, "keep_checkpoints": 100, "deterministic": True,
+STEPS = 300  # long enough that L is still training when the grace period ends on a quiet machine (100 was not)
+CFG = {**TINY_TRAIN, "steps": STEPS, "checkpoint_every": 10, "keep_checkpoints": 100, "deterministic": True,
        "tensorboard": False}
 WEIGHTS = ["model.safetensors", "model_1.safetensors", "generator_ema.safetensors"]
 
@@ -69,6 +69,7 @@ def test_low_priority_training_is_preempted_resumes_and_matches_an_unpreempted_r
              what="the urgent job to start")
     started_after = time.monotonic() - t0
     preempted_at_step = int(newest_checkpoint(client.store, low, settings).split("-")[1])
+    assert preempted_at_step < STEPS, "L finished before it was preempted: the test needs a longer run"
     assert _job(settings, ref).status == "RUNNING", "the non-preemptible job must not be touched"
     jobs = {j: client.wait(j, timeout=300) for j in (high, ref, low)}
     assert all(j["status"] == "SUCCEEDED" for j in jobs.values()), {k: j["message"] for k, j in jobs.items()}

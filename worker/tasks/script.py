@@ -123,10 +123,14 @@ class CheckpointSync:
         entries = []
         for rel, (size, _mtime) in listing.items():
             path = self.root / rel
-            digest = sha256_file(path)
-            if digest not in self.blobs:
-                self.run.upload(path, f"{self.prefix}/blobs/{digest}", "checkpoint")
-                self.blobs.add(digest)
+            try:
+                digest = sha256_file(path)
+                if digest not in self.blobs:
+                    self.run.upload(path, f"{self.prefix}/blobs/{digest}", "checkpoint")
+                    self.blobs.add(digest)
+            except FileNotFoundError:  # the script pruned or renamed it while we read the folder: not quiet yet
+                self.seen = None
+                return False
             entries.append({"path": rel, "size": size, "sha256": digest})
         if _listing(self.root) != listing:
             return False  # a file changed while we read it: the next quiet moment makes a whole snapshot
