@@ -345,9 +345,8 @@ def plant_checkpoint(store, job_id: str, ckpt: Path, settings=None) -> None:
     its artifact rows under the job's current fencing token, as an earlier attempt of the job would have written
     them: resume and generate only ever read checkpoints of the job's lineage (objects without rows are ignored),
     so a bad checkpoint must be in the lineage to test what reading it does."""
-    import hashlib
-
     from scheduler.db import Artifact, Job, session_scope
+    from scheduler.store import sha256_file
 
     files = sorted(p for p in ckpt.iterdir() if p.is_file())
     for path in sorted(files, key=lambda p: p.name == "COMPLETE"):
@@ -356,10 +355,8 @@ def plant_checkpoint(store, job_id: str, ckpt: Path, settings=None) -> None:
         with session_scope(settings.db_url) as s:
             fence = s.get(Job, job_id).fence
             for path in files:
-                data = path.read_bytes()
                 s.add(Artifact(job_id=job_id, key=f"jobs/{job_id}/checkpoints/{ckpt.name}/{path.name}",
-                               size=len(data), sha256=hashlib.sha256(data).hexdigest(), kind="checkpoint",
-                               fence=fence))
+                               size=path.stat().st_size, sha256=sha256_file(path), kind="checkpoint", fence=fence))
 
 
 def relist_complete(ckpt: Path) -> None:
