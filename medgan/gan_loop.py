@@ -161,13 +161,12 @@ class GanTrainer:
             with acc.autocast():
                 loss_g = g_loss(self.d(self._augment(fake, gen), y).float(), cfg.loss)
             out["loss_g_adv"] = loss_g.detach()
-            if self.seg is not None and cfg.masks_from_bank:  # the mask is given: the image follows it
-                coupling, parts = image_follows_mask(fake[:, :c], (raw[:, c:] > 0).float(), self.seg,
-                                                     self.pos_weight)
-                loss_g = loss_g + cfg.mask_weight * coupling
-                out.update(parts)
-            elif self.seg is not None:
-                coupling, parts = coupling_loss(raw[:, c:], fake[:, :c], self.seg, self.pos_weight)
+            if self.seg is not None:
+                if cfg.masks_from_bank:  # the mask is given: the image follows it
+                    coupling, parts = image_follows_mask(fake[:, :c], (raw[:, c:] > 0).float(), self.seg,
+                                                         self.pos_weight)
+                else:  # the mask follows the image
+                    coupling, parts = coupling_loss(raw[:, c:], fake[:, :c], self.seg, self.pos_weight)
                 loss_g = loss_g + cfg.mask_weight * coupling
                 out.update(parts)
             acc.backward(loss_g)
