@@ -9,6 +9,7 @@ written, which is what the artifact row records.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from scheduler.settings import Settings
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=+-]{0,199}$")
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def validate_key(key: str) -> str:
@@ -60,7 +62,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
-    def promote(self, src: str, dst: str) -> None: ...
+    def promote(self, src: str, dst: str) -> bool: ...
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str: ...
     def describe(self) -> str: ...
 
@@ -143,13 +145,15 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def promote(self, src: str, dst: str) -> None:
-        """Move a staged object to its key (atomic: a rename within the store's file system)."""
+    def promote(self, src: str, dst: str) -> bool:
+        """Move a staged object to its key (atomic: a rename within the store's file system). Returns True:
+        nothing of `src` is left behind."""
         source, dest = self._path(src), self._path(dst)
         if not source.is_file():
             raise NotFound(f"no object {src!r} in the store")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, dest)
+        return True
 
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         return self._path(key).as_uri()
@@ -300,8 +304,10 @@ class S3Store:
         validate_key(key)
         _retry(lambda: self.client.remove_object(self.bucket, key), f"delete of {key}")
 
-    def promote(self, src: str, dst: str) -> None:
-        """Move a staged object to its key: a server-side copy (atomic for the reader of `dst`), then delete."""
+    def promote(self, src: str, dst: str) -> bool:
+        """Move a staged object to its key: a server-side copy (atomic for the reader of `dst`), then delete.
+        Once the copy is made the object is promoted: a failed delete of the staged copy (the server went
+        away between the two calls) is only a leftover, never a failed upload. Returns False then."""
         from minio.commonconfig import CopySource
 
         validate_key(src)
@@ -315,7 +321,12 @@ class S3Store:
                 raise
 
         _retry(copy, f"upload of {dst}")  # the last step of an upload, as the user sees it
-        self.delete(src)
+        try:
+            self.delete(src)
+        except StoreError as exc:
+            log.warning("promoted %s but could not delete its staged copy %s: %s", dst, src, exc)
+            return False
+        return True
 
     def url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         validate_key(key)

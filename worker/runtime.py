@@ -127,6 +127,7 @@ class JobRun:
         self.preemption_declined = False
         self._last_progress = 0.0
         self._staged = 0
+        self.left_staged = False  # a promoted object's staged copy could not be deleted
         self.renewed(time.time())
 
     @property
@@ -229,7 +230,8 @@ class JobRun:
             with session_scope(self.settings.db_url) as s:
                 if not self._holds(s):
                     raise self._refuse(f"object {key}")
-                self.store.promote(staged, key)
+                if not self.store.promote(staged, key):
+                    self.left_staged = True  # the server went away after the copy: clean up at the end
                 promoted = True
                 row = s.execute(select(Artifact).where(Artifact.job_id == self.job_id, Artifact.key == key)
                                 ).scalar_one_or_none()
@@ -519,7 +521,7 @@ def _clean_stale_staging(ctx: WorkerContext, run: JobRun) -> None:
     """Delete what other attempts of the job staged and never promoted. Token 1 is a job's first claim ever
     (tokens only grow, a retry included): no other attempt exists, so there is nothing to list (one store
     LIST fewer at each end of most jobs)."""
-    if run.fence <= 1:
+    if run.fence <= 1 and not run.left_staged:
         return
     try:
         clean_staging(ctx.store, run.job_id)

@@ -76,7 +76,7 @@ def test_promote_moves_a_staged_object_over_its_key(store):
     replacing what it held, and the staged object is gone; a missing source is NotFound, nothing changes."""
     store.put_bytes("jobs/abc/config.json", b"old")
     store.put_bytes("jobs/abc/_attempts/000002/00000001", b"new")
-    store.promote("jobs/abc/_attempts/000002/00000001", "jobs/abc/config.json")
+    assert store.promote("jobs/abc/_attempts/000002/00000001", "jobs/abc/config.json") is True
     assert store.get_bytes("jobs/abc/config.json") == b"new"
     assert [o.key for o in store.list("jobs/abc/")] == ["jobs/abc/config.json"]
     with pytest.raises(NotFound):
@@ -84,3 +84,23 @@ def test_promote_moves_a_staged_object_over_its_key(store):
     assert store.get_bytes("jobs/abc/config.json") == b"new"
     with pytest.raises(InvalidKey):
         store.promote("jobs/abc/config.json", "../escape")
+
+
+def test_s3_promote_is_done_once_copied_even_if_the_staged_delete_fails(s3_server, monkeypatch):
+    """The server goes away between the copy and the delete of the staged copy: the object *is* promoted
+    (the caller records its row), promote says a staged leftover remains (False), and raises nothing."""
+    from scheduler.errors import StoreError
+
+    store = S3Store(s3_server["endpoint"], s3_server["access_key"], s3_server["secret_key"], s3_server["bucket"])
+    store.put_bytes("jobs/p/_attempts/000001/00000001", b"bytes")
+    assert store.promote("jobs/p/_attempts/000001/00000001", "jobs/p/a.bin") is True
+    store.put_bytes("jobs/p/_attempts/000001/00000002", b"more")
+
+    def gone(key):
+        raise StoreError(f"delete of {key} failed after 5 attempts: connection refused")
+
+    monkeypatch.setattr(store, "delete", gone)
+    assert store.promote("jobs/p/_attempts/000001/00000002", "jobs/p/b.bin") is False
+    monkeypatch.undo()
+    assert store.get_bytes("jobs/p/b.bin") == b"more"
+    assert "jobs/p/_attempts/000001/00000002" in [o.key for o in store.list("jobs/p/")]  # the leftover
