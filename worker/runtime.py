@@ -518,9 +518,10 @@ def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None
 
 
 def _clean_stale_staging(ctx: WorkerContext, run: JobRun) -> None:
-    """Delete what other attempts of the job staged and never promoted. Token 1 is a job's first claim ever
-    (tokens only grow, a retry included): no other attempt exists, so there is nothing to list (one store
-    LIST fewer at each end of most jobs)."""
+    """Delete what other attempts of the job staged and never promoted, and this attempt's staged copies of
+    objects it promoted while their delete failed (`run.left_staged`). Token 1 is a job's first claim ever
+    (tokens only grow, a retry included): no other attempt exists, so unless this one left a copy there is
+    nothing to list (one store LIST fewer at each end of most jobs)."""
     if run.fence <= 1 and not run.left_staged:
         return
     try:
