@@ -5,8 +5,8 @@ configuration, the same pool (threads) and the same concurrency as the medgan wo
 best of `rounds` runs that alternate medgan and raw Celery, and the clock of each runs only while both
 workers are up and ready (worker start-up is never timed).
 
-- round trip: a no-op job from submit to SUCCEEDED (`Client.submit`, then the job row polled every 0.5 ms)
-  against a raw `send_task().get()` (result over Redis); p50 of `n` in a row;
+- round trip: a no-op job from submit to SUCCEEDED (`Client.submit`, then `Client.wait`, the call a user
+  makes: on PostgreSQL it wakes on the NOTIFY the finish sends at its commit) against a raw `send_task().get()` (result over Redis); p50 of `n` in a row;
 - drain: `n` jobs queued before one worker starts; rate = jobs finished per second between the first and the
   last completion (medgan: the rows' finished_at; raw: the results' date_done), the same definition both sides;
 - submission: `Client.submit_many` of `n` no-op jobs into PostgreSQL + Redis, and `Client.submit` one by one,
@@ -29,35 +29,16 @@ from typing import Any, Callable
 from bench._services import Services, apply_env, medgan_worker, process, services, settings_env
 from bench._timing import alternate
 
-POLL_S = 0.0005  # how often the round trip polls the job row (raw Celery's .get() is pushed, not polled)
 WARMUP = 5
 # Private Redis databases, one per use.
 DB_MEDGAN, DB_RAW, DB_RAW_RESULTS, DB_DRAIN, DB_BULK = 0, 1, 2, 3, 4
 
 
-def _row_poller(db_url: str) -> tuple[Callable[[str], str | None], Callable[[], None]]:
-    """status(job_id) over one raw psycopg connection (a prepared statement): the lightest poll there is."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(db_url).set(drivername="postgresql")
-    conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
-
-    def status(job_id: str) -> str | None:
-        row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,), prepare=True).fetchone()
-        return row[0] if row else None
-
-    return status, conn.close
-
-
-def _wait_succeeded(status: Callable[[str], str | None], job_id: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := status(job_id)) not in ("SUCCEEDED", "FAILED", "CANCELLED"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
-        time.sleep(POLL_S)
-    if now != "SUCCEEDED":  # a job that failed fast must not pass for a fast round trip
-        raise RuntimeError(f"job {job_id} ended {now}")
+def _wait_succeeded(client, job_id: str, timeout: float = 60.0) -> None:
+    """The public wait a user calls (`Client.wait`: woken by the finish's NOTIFY on PostgreSQL)."""
+    job = client.wait(job_id, timeout=timeout)
+    if job.status != "SUCCEEDED":  # a job that failed fast must not pass for a fast round trip
+        raise RuntimeError(f"job {job_id} ended {job.status}: {job.message}")
 
 
 def _raw_app(svc: Services):
@@ -88,7 +69,6 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
     apply_env(env)
     client = Client(get_settings())
     raw = _raw_app(svc)
-    status, close = _row_poller(svc.database)
     ids: list[str] = []
 
     walls: dict[str, tuple[float, float]] = {}  # job id -> (epoch before submit, epoch when seen SUCCEEDED)
@@ -98,7 +78,7 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
         for _ in range(count):
             w0, t0 = time.time(), time.perf_counter()
             job_id = client.submit("noop")["id"]
-            _wait_succeeded(status, job_id)
+            _wait_succeeded(client, job_id)
             times.append(time.perf_counter() - t0)
             walls[job_id] = (w0, time.time())
             ids.append(job_id)
@@ -113,16 +93,13 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    try:
-        with ExitStack() as stack:  # both workers up and ready before any clock starts
-            stack.enter_context(medgan_worker(env, svc.tmp / "rt-medgan.log", "--concurrency", "1"))
-            stack.enter_context(raw_worker(svc, svc.tmp / "rt-raw.log", 1))
-            medgan_p50(WARMUP), raw_p50(WARMUP)
-            ids.clear()
-            got = alternate({"medgan": medgan_p50, "raw": raw_p50}, rounds)
-        commit = _durable_commit_p50(svc.database)
-    finally:
-        close()
+    with ExitStack() as stack:  # both workers up and ready before any clock starts
+        stack.enter_context(medgan_worker(env, svc.tmp / "rt-medgan.log", "--concurrency", "1"))
+        stack.enter_context(raw_worker(svc, svc.tmp / "rt-raw.log", 1))
+        medgan_p50(WARMUP), raw_p50(WARMUP)
+        ids.clear()
+        got = alternate({"medgan": medgan_p50, "raw": raw_p50}, rounds)
+    commit = _durable_commit_p50(svc.database)
     with session_scope(client.settings.db_url) as s:
         rows = [s.get(Job, i) for i in ids]
     stages = _stages(rows, walls)
@@ -130,7 +107,7 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
     return [
         {"name": "noop job round trip (p50)", "value": round(m * 1000, 2), "unit": "ms",
          "baseline": round(r * 1000, 2), "ratio": round(m / r, 2),
-         "note": f"submit→SUCCEEDED (Client.submit, row polled every {POLL_S * 1000:g} ms) vs raw Celery "
+         "note": f"submit→SUCCEEDED (Client.submit, then Client.wait: woken by the finish's NOTIFY) vs raw Celery "
                  f"send_task().get(); threads pool, concurrency 1 both; best p50 of {rounds} alternating runs "
                  f"of n={n}; per-run p50s medgan {_ms(got['medgan'])}, raw {_ms(got['raw'])}; stages from the "
                  f"rows and the client's clock (p50): {stages}"},

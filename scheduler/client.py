@@ -196,6 +196,8 @@ class Client:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or settings_.get_settings()
         self._store: Store | None = None
+        self._listener: Any = None  # a jobs.DoneListener, made by the first wait (PostgreSQL)
+        self._listening = False
 
     @property
     def store(self) -> Store:
@@ -379,36 +381,57 @@ class Client:
         """Block until the job is SUCCEEDED, FAILED or CANCELLED and return it; check ``status`` (and
         ``message``, the reason of a failure) yourself: a failed job does not raise.
 
-        `on_progress(job)` is called at every poll (``progress`` 0..1, ``step``/``total``: training steps, or
-        finished/all shards of a fan-out). TimeoutError after `timeout` seconds (the job goes on running).
+        On PostgreSQL the wait wakes as soon as the job's end is committed (LISTEN/NOTIFY), and reads the
+        status every `poll` seconds besides; on SQLite it polls. `on_progress(job)` is called at every poll
+        (``progress`` 0..1, ``step``/``total``: training steps, or finished/all shards of a fan-out).
+        TimeoutError after `timeout` seconds (the job goes on running).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job.done:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
-            time.sleep(poll)
+        return self._wait([job_id], timeout, poll, None if on_progress is None else lambda js: on_progress(js[0]))[0]
 
     def wait_all(self, job_ids: Sequence[str], timeout: float | None = None, poll: float = 0.5,
                  on_progress: Callable[[list[Job]], None] | None = None) -> list[Job]:
         """`wait` for several jobs: returns them all, in the order given, once every one has ended.
         `on_progress(jobs)` gets the current list at every poll. TimeoutError names the jobs still going."""
+        return self._wait(list(job_ids), timeout, poll, on_progress)
+
+    def _wait(self, refs: list[str], timeout: float | None, poll: float,
+              on_progress: Callable[[list[Job]], None] | None) -> list[Job]:
+        """Listen first (an end committed after this is announced to us), then read the statuses (one query,
+        or the full jobs when `on_progress` wants them) and sleep on the announcements until all have ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        jobs.check_database(self.settings)  # one clear line when it is not there (and no SQLite file made)
+        listener = self._done_listener()
+        ids = self._exact_ids(refs)
         while True:
-            current = [self.job(j) for j in job_ids]
             if on_progress is not None:
+                current = [self.job(i) for i in ids]
                 on_progress(current)
-            waiting = [j for j in current if Status(j["status"]) not in TERMINAL]
+                statuses = {j.id: j.status for j in current}
+            else:
+                statuses = jobs.job_statuses(self.settings, ids)
+            waiting = [i for i in ids if Status(statuses[i]) not in TERMINAL]
             if not waiting:
-                return current
+                return [self.job(i) for i in ids]
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(waiting)} job(s) still going after {timeout}s: "
-                                   + ", ".join(f"{j['id']} {j['status']}" for j in waiting[:10]))
-            time.sleep(poll)
+                raise TimeoutError(f"job {waiting[0]} still {statuses[waiting[0]]} after {timeout}s" if len(ids) == 1
+                                   else f"{len(waiting)} job(s) still going after {timeout}s: "
+                                   + ", ".join(f"{i} {statuses[i]}" for i in waiting[:10]))
+            nap = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            if listener is not None:
+                listener.wait(set(waiting), nap)
+            else:
+                time.sleep(nap)
+
+    def _exact_ids(self, refs: list[str]) -> list[str]:
+        """Job ids for references (ids, unique prefixes, names): exact ids cost one query for all of them."""
+        found = jobs.job_statuses(self.settings, refs) if refs else {}
+        return [r if r in found else self.job(r).id for r in refs]
+
+    def _done_listener(self):  # noqa: ANN202 - a jobs.DoneListener or None
+        """This client's LISTEN connection (made on the first wait, kept for the next ones)."""
+        if not self._listening:
+            self._listener, self._listening = jobs.done_listener(self.settings), True
+        return self._listener
 
     def cancel(self, job_id: str) -> Job:
         """QUEUED: CANCELLED now; RUNNING: CANCELLING, and the worker stops it (a checkpoint first) within

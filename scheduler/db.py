@@ -28,9 +28,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
     true as sa_true,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -56,6 +57,9 @@ def new_id() -> str:
 
 
 # The status names live with the constants (importable without SQLAlchemy: the client, the CLI).
+
+
+WAITING_DEPENDENTS = "status = 'QUEUED' AND json_array_length(depends_on) > 0"  # ix_jobs_waiting_dependents
 
 
 class Base(DeclarativeBase):
@@ -106,7 +110,12 @@ class Job(Base):
     events: Mapped[list["JobEvent"]] = relationship(back_populates="job", order_by="JobEvent.id")
     artifacts: Mapped[list["Artifact"]] = relationship(back_populates="job", order_by="Artifact.key")
 
-    __table_args__ = (Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
+        # The few queued jobs that wait for others: what a worker reads after every finish (migration 0004).
+        Index("ix_jobs_waiting_dependents", "id", postgresql_where=text(WAITING_DEPENDENTS),
+              sqlite_where=text(WAITING_DEPENDENTS)),
+    )
 
 
 class JobEvent(Base):
@@ -246,6 +255,19 @@ def _ping_when_idle(engine: Engine) -> None:
             engine.dialect.do_ping(dbapi_conn)
         except Exception as exc:  # noqa: BLE001 - any failure: this connection (and its older peers) are gone
             raise InvalidatePoolError(f"ping failed: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=8)
+def _autocommit_engine(url: str) -> Engine:
+    return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")  # the same pool, no transaction
+
+
+@contextmanager
+def autocommit(url: str) -> Iterator[Connection]:
+    """A pooled connection in autocommit mode: each statement commits by itself, with no BEGIN/COMMIT round
+    trips around it (the worker's one-statement claim and finish, reads that need no transaction)."""
+    with _autocommit_engine(url).connect() as conn:
+        yield conn
 
 
 @functools.lru_cache(maxsize=8)

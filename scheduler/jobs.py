@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +24,7 @@ from scheduler import constants as C
 from scheduler import states
 from scheduler.broker import make_celery, queue_depths, queue_for, send_jobs
 from scheduler.db import (
-    Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, get_engine, new_id, session_scope, utcnow,
+    Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, autocommit, get_engine, new_id, session_scope, utcnow,
 )
 from scheduler.fanout import is_fanout_parent, parent_progress, plan_children, plan_sweep, retry_failed_children
 from scheduler.policy import host_cards
@@ -317,12 +318,54 @@ def dispatch_dependents(settings: Settings, finished: Sequence[str]) -> list[str
     re-sends lost messages, not the hot path. It reads after the finish's commit, so a dependent submitted
     meanwhile is seen here or sees the dependency finished in its own dispatch."""
     names = set(finished)
-    engine = get_engine(settings.db_url)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with autocommit(settings.db_url) as conn:
         rows = conn.execute(select(Job.id, Job.depends_on).where(
             Job.status == S.QUEUED.value, func.json_array_length(Job.depends_on) > 0)).all()
     waiting = [job_id for job_id, deps in rows if names.intersection(deps or [])]
     return dispatch_ready(settings, waiting) if waiting else []
+
+
+def job_statuses(settings: Settings, job_ids: Sequence[str]) -> dict[str, str]:
+    """The status of each of these jobs (by exact id; ids that name no job are absent), in one autocommit
+    query: what a waiter reads between wake-ups."""
+    with autocommit(settings.db_url) as conn:
+        return dict(conn.execute(select(Job.id, Job.status).where(Job.id.in_(list(job_ids)))).all())
+
+
+class DoneListener:
+    """LISTEN on `states.DONE_CHANNEL` over a psycopg connection of its own (PostgreSQL): every job that reaches
+    a terminal status is announced there at its commit, so a waiter wakes at once instead of at its next poll.
+    Announcements that arrive while nobody waits are kept by the connection and seen by the next `wait`."""
+
+    def __init__(self, db_url: str):
+        import psycopg
+
+        url = make_url(db_url).set(drivername="postgresql")
+        self._conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        self._conn.execute(f"LISTEN {states.DONE_CHANNEL}")
+
+    def wait(self, job_ids: set[str], timeout: float) -> bool:
+        """Block until one of `job_ids` is announced (True) or `timeout` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for note in self._conn.notifies(timeout=left):
+                if note.payload in job_ids:
+                    return True
+        return False
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def done_listener(settings: Settings) -> DoneListener | None:
+    """A `DoneListener` on PostgreSQL; None on SQLite, or when it cannot connect (the waiter then polls)."""
+    if make_url(settings.db_url).get_backend_name() != "postgresql":
+        return None
+    try:
+        return DoneListener(settings.db_url)
+    except Exception as exc:  # noqa: BLE001 - waiting still works, by polling
+        log.info("no LISTEN connection (%s); waiting by polling", str(exc).splitlines()[0])
+        return None
 
 
 def _empty_queues(settings: Settings, queues: list[str]) -> list[str]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from scheduler import constants as C
@@ -89,6 +90,8 @@ def transition(
     else:
         return None
     session.add(JobEvent(job_id=job_id, from_status=src.value, to_status=to.value, actor=actor, reason=reason, at=now))
+    if to.terminal:
+        notify_done(session, job_id)
     if (to.terminal or to is S.QUEUED) and holds_cards:
         # Every way a job ends (or loses its run) frees its cards, in the same transaction.
         session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
@@ -160,6 +163,30 @@ def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float,
     return res.rowcount == 1
 
 
+def renew_leases(session: Session, owner: str, fences: dict[str, int], lease_seconds: float
+                 ) -> dict[str, tuple[bool, str | None]]:
+    """Extend, in one UPDATE, the leases `owner` still holds of the jobs `fences` names (job id → the token of
+    its attempt): a worker's shared heartbeat. Returns each renewed job's (cancel_requested, preempt_requested);
+    a job missing from it was taken away (requeued, cancelled, claimed again).
+
+    The rows are locked in id order (on PostgreSQL a `SELECT … ORDER BY id FOR UPDATE` under the UPDATE), the
+    order the sweeper's requeue takes them in too (`requeue_expired`): the two never wait for each other in a
+    cycle, whichever number of jobs they share."""
+    if not fences:
+        return {}
+    guard = [tuple_(Job.id, Job.fence).in_(sorted(fences.items())), *holder_guard(owner, None)]
+    held = select(Job.id).where(*guard).order_by(Job.id).with_for_update()
+    stmt = (update(Job).where(Job.id.in_(held.scalar_subquery()), *guard)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False))
+    if session.get_bind().dialect.update_returning:
+        rows = session.execute(stmt.returning(Job.id, Job.cancel_requested, Job.preempt_requested)).all()
+    else:
+        session.execute(stmt)
+        rows = session.execute(select(Job.id, Job.cancel_requested, Job.preempt_requested).where(*guard)).all()
+    return {job_id: (bool(cancel), preempt) for job_id, cancel, preempt in rows}
+
+
 def finish(
     session: Session, job_id: str, to: Status, *, owner: str, reason: str | None = None, fence: int | None = None,
     holds_cards: bool = True,
@@ -204,10 +231,12 @@ def requeue_expired(session: Session, now: datetime, *, actor: str,
     """Jobs whose lease expired: back to QUEUED, or FAILED after `max_lease_losses` lost leases (a job that
     takes its worker down every time must stop somewhere). A lost lease is not a failure: it counts in
     `lease_losses`, never against `max_attempts`. Returns (id, new status)."""
+    # Locked in id order, skipping rows locked now (a heartbeat renewing them: they are not expired for long):
+    # the order a heartbeat's `renew_leases` locks in, so neither waits for the other in a cycle.
     rows = session.execute(
         select(Job.id, Job.lease_losses, Job.status, Job.lease_owner, Job.fence).where(
             Job.status.in_([S.RUNNING.value, S.CANCELLING.value]), Job.lease_expires_at < now
-        )
+        ).order_by(Job.id).with_for_update(skip_locked=True)
     ).all()
     out: list[tuple[str, Status]] = []
     for job_id, losses, status, lease_owner, fence in rows:
@@ -229,3 +258,95 @@ def requeue_expired(session: Session, now: datetime, *, actor: str,
             out.append((job_id, to))
     return out
 
+
+# -- PostgreSQL's one-statement hot path -----------------------------------------------------------------
+# A CPU job's claim and its finish are each ONE autocommitted statement on PostgreSQL (data-modifying CTEs:
+# the row's compare-and-set, its event row, a fan-out parent started or a finish announced, in one round
+# trip and one commit). Anything they do not cover (no row matched: a duplicate, a cancel, a stale token, a
+# job that needs cards) falls back to `claim`/`finish` above, which decide what happened; SQLite always does.
+
+DONE_CHANNEL = "medgan_job_done"  # NOTIFY channel: the payload is the id of a job that reached a terminal status
+
+_EVENT = "INSERT INTO job_events (job_id, from_status, to_status, actor, reason, at) "
+CLAIM_CPU_SQL = text(f"""
+WITH claimed AS (
+    UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = :now, lease_owner = :owner, lease_expires_at = :expires,
+           started_at = :now, attempt = attempt + 1, fence = fence + 1, message = NULL
+     WHERE id = :job_id AND status = '{S.QUEUED.value}' AND gpus = 0
+    RETURNING *
+), claim_event AS (
+    {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(:owner AS varchar), NULL, CAST(:now AS timestamp)
+      FROM claimed
+), parent AS (
+    UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = :now, started_at = :now, message = NULL
+     WHERE id = (SELECT parent_id FROM claimed) AND status = '{S.QUEUED.value}'
+    RETURNING id
+), parent_event AS (
+    {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(:owner AS varchar), 'first shard started',
+           CAST(:now AS timestamp) FROM parent
+)
+SELECT * FROM claimed
+""")
+
+# The dependents' read (d.status, json_array_length) is what the partial index ix_jobs_waiting_dependents
+# (migration 0004) holds: the few queued jobs that wait for others.
+FINISH_CPU_SQL = text(f"""
+WITH finished AS (
+    UPDATE jobs SET status = CAST(:to AS varchar), updated_at = :now, finished_at = :now, lease_owner = NULL,
+           lease_expires_at = NULL, progress = COALESCE(CAST(:progress AS float8), progress),
+           message = COALESCE(CAST(:message AS text), message)
+     WHERE id = :job_id AND status = '{S.RUNNING.value}' AND lease_owner = :owner AND fence = :fence
+    RETURNING id, parent_id
+), finish_event AS (
+    {_EVENT}SELECT id, '{S.RUNNING.value}', CAST(:to AS varchar), CAST(:owner AS varchar), CAST(:reason AS text),
+           CAST(:now AS timestamp) FROM finished
+), notified AS (
+    SELECT pg_notify('{DONE_CHANNEL}', id) FROM finished
+)
+SELECT f.id, f.parent_id, (SELECT count(*) FROM notified) AS notified,
+       ARRAY(SELECT d.id FROM jobs d WHERE d.status = '{S.QUEUED.value}' AND json_array_length(d.depends_on) > 0
+              AND CAST(d.depends_on AS jsonb) ? CAST(:job_id AS text) ORDER BY d.id) AS dependents
+  FROM finished f
+""")
+
+
+def one_statement_path(conn_or_session: Any) -> bool:
+    """Whether the one-statement claim/finish applies on this connection's database (PostgreSQL)."""
+    return conn_or_session.get_bind().dialect.name == "postgresql" if isinstance(conn_or_session, Session) \
+        else conn_or_session.dialect.name == "postgresql"
+
+
+def claim_cpu(conn: Connection, job_id: str, *, owner: str, lease_seconds: float) -> Job | None:
+    """QUEUED → RUNNING for a job that needs no card, its event and (a fan-out shard's) parent's start, in ONE
+    statement on an autocommit connection (PostgreSQL). Returns the claimed row as a detached Job, or None when
+    nothing matched: not there, not QUEUED, or it needs cards (the caller takes the general `claim` path,
+    which tells these apart)."""
+    now = utcnow()
+    row = conn.execute(CLAIM_CPU_SQL, {"job_id": job_id, "owner": owner, "now": now,
+                                       "expires": now + timedelta(seconds=lease_seconds)}).mappings().first()
+    return Job(**row) if row is not None else None
+
+
+def finish_cpu(conn: Connection, job_id: str, to: Status, *, owner: str, fence: int,
+               reason: str | None = None) -> tuple[str | None, list[str]] | None:
+    """RUNNING → terminal for the holder of a job whose claim leased no card, with its event and a NOTIFY on
+    DONE_CHANNEL, in ONE autocommitted statement (PostgreSQL) that also reads the queued jobs depending on it.
+    Returns (parent id, dependents' ids), or None when the compare-and-set matched nothing (CANCELLING, or a
+    stale token: the caller takes `finish`, which tells these apart). The dependents are read in the same
+    snapshot as the finish: one submitted within that statement's few microseconds is sent by the sweeper
+    (its row is never-sent), not lost."""
+    check_edge(S.RUNNING, to)
+    if not to.terminal:
+        raise IllegalTransition(f"finish_cpu ends a job; {to.value} is not terminal")
+    message = reason if reason is not None and to in (S.FAILED, S.CANCELLED) else None
+    row = conn.execute(FINISH_CPU_SQL, {
+        "job_id": job_id, "to": to.value, "owner": owner, "fence": fence, "now": utcnow(), "reason": reason,
+        "message": message, "progress": 1.0 if to is S.SUCCEEDED else None}).first()
+    return None if row is None else (row.parent_id, list(row.dependents or []))
+
+
+def notify_done(session: Session, job_id: str) -> None:
+    """Announce a terminal status on DONE_CHANNEL (PostgreSQL; sent at the caller's commit). Waiters
+    (`Client.wait`) wake on it; on SQLite they poll."""
+    if one_statement_path(session):
+        session.execute(select(func.pg_notify(DONE_CHANNEL, job_id)))

@@ -32,8 +32,11 @@ ACTOR = "sweeper"
 def sweep_once(settings: Settings, store: Store | None = None) -> dict[str, int]:
     now = utcnow()
     store = store or make_store(settings)
+    # The requeue commits on its own: the rows it locked (in id order, as a heartbeat's renewal does) are not
+    # held while the preemptions below lock others.
     with session_scope(settings.db_url) as s:
         moved = states.requeue_expired(s, now, actor=ACTOR, max_lease_losses=settings.max_lease_losses)
+    with session_scope(settings.db_url) as s:
         preempted = request_preemptions(s, settings)
         # Every running fan-out parent: one whose last shard's worker died before finishing it ends here.
         running_parents = s.execute(
@@ -58,8 +61,9 @@ def request_preemptions(session, settings: Settings) -> int:  # noqa: ANN001 - a
     """Mark the victims `plan_preemptions` picks (CAS: still RUNNING, not already asked); their workers'
     heartbeats see it, SIGTERM the science (final checkpoint) and requeue them. Returns how many."""
     n = 0
-    for p in plan_preemptions(session, grace=settings.preempt_grace_seconds,
-                              protected=settings.protected_from_preemption):
+    plan = plan_preemptions(session, grace=settings.preempt_grace_seconds,
+                            protected=settings.protected_from_preemption)
+    for p in sorted(plan, key=lambda p: p.victim):  # id order, the heartbeat's lock order
         res = session.execute(update(Job).where(Job.id == p.victim, Job.status == Status.RUNNING.value,
                                                 Job.preempt_requested.is_(None))
                               .values(preempt_requested=p.reason).execution_options(synchronize_session=False))

@@ -31,7 +31,7 @@ from scheduler import constants as C
 from scheduler import fanout, states
 from scheduler.broker import make_celery, send_job
 from scheduler.datasets import download_dataset, object_key
-from scheduler.db import Artifact, Job, LogChunk, MetricPoint, Status, Worker, session_scope, utcnow
+from scheduler.db import Artifact, Job, LogChunk, MetricPoint, Status, Worker, autocommit, session_scope, utcnow
 from scheduler.errors import MedganUserError, StoreError
 from scheduler.jobs import dispatch_dependents, dispatch_ready
 from scheduler.settings import Settings
@@ -64,6 +64,19 @@ class WorkerContext:
         self.store = make_store(self.settings)
         self.work_root = self.settings.home_dir / "work"
         self.cache_root = self.settings.home_dir / "cache"
+        # PostgreSQL: a CPU job's claim and finish are one autocommitted statement each (scheduler/states.py).
+        self.one_statement = self.settings.db_url.startswith("postgresql")
+        self._heartbeat: Heartbeat | None = None
+        self._heartbeat_lock = threading.Lock()
+
+    @property
+    def heartbeat(self) -> "Heartbeat":
+        """The process's one heartbeat thread (started on first use): it renews every running job's lease."""
+        with self._heartbeat_lock:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat = Heartbeat(self)
+                self._heartbeat.start()
+            return self._heartbeat
 
     @classmethod
     def create(cls, settings: Settings, inventory: Inventory, name: str | None = None) -> "WorkerContext":
@@ -128,7 +141,8 @@ class JobRun:
         self._last_progress = 0.0
         self._staged = 0
         self.left_staged = False  # a promoted object's staged copy could not be deleted
-        self.renewed(time.time())
+        self.last_renewal = time.time()  # the claim took the lease: the heartbeat's last success for this run
+        self.renewed(self.last_renewal)
 
     @property
     def uses_gpu(self) -> bool:
@@ -351,45 +365,78 @@ def drop_unrecorded(ctx: WorkerContext, job_id: str) -> int:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease under the attempt's token; notices a cancel request, a preemption or a lost lease and
-    tells the run to stop. Self-fencing: when the lease cannot be renewed (taken away, or the database
-    unreachable) for long enough that it may expire, it kills the science itself, whatever the task's
-    thread is doing, before another worker can be given the job."""
+    """The worker process's one heartbeat: every `heartbeat_seconds` it renews the leases of all the jobs
+    this process runs, under each attempt's token, in ONE statement (`states.renew_leases`), and reads their
+    cancel and preemption requests with it. A run whose job was taken away is told to stop. Self-fencing:
+    when a lease cannot be renewed (taken away, or the database unreachable long enough that it may expire),
+    the heartbeat kills that run's science itself, whatever the task's thread is doing, before another worker
+    can be given the job. No thread is started per job: `add` at the claim, `remove` at the end."""
 
-    def __init__(self, run: JobRun):
-        super().__init__(daemon=True, name=f"heartbeat-{run.job_id}")
-        self.run_ = run
+    def __init__(self, ctx: WorkerContext):
+        super().__init__(daemon=True, name=f"heartbeat-{ctx.name}")
+        self.ctx = ctx
         self.done = threading.Event()
+        self._runs: dict[str, JobRun] = {}
+        self._runs_lock = threading.Lock()
+        self._beat_lock = threading.Lock()  # held while a renewal is in flight
+
+    def add(self, run: JobRun) -> None:
+        with self._runs_lock:
+            self._runs[run.job_id] = run
+
+    def remove(self, run: JobRun) -> None:
+        """Stop renewing `run`; returns once no renewal that includes it is in flight (its stop_reason is then
+        final)."""
+        with self._runs_lock:
+            if self._runs.get(run.job_id) is run:
+                del self._runs[run.job_id]
+        with self._beat_lock:
+            pass
 
     def run(self) -> None:
-        run, st = self.run_, self.run_.settings
-        last_ok = time.time()
-        fence_after = st.lease_seconds * (1 - C.SELF_FENCE_MARGIN)
-        while not self.done.wait(st.heartbeat_seconds):
-            try:
-                t0 = time.time()
-                with session_scope(st.db_url) as s:
-                    ok = states.renew_lease(s, run.job_id, run.ctx.name, st.lease_seconds, fence=run.fence)
-                    flags = s.execute(select(Job.cancel_requested, Job.preempt_requested)
-                                      .where(Job.id == run.job_id)).one_or_none()
-                if ok:
-                    last_ok = t0
-                    run.renewed(t0)
-                if not ok:
-                    run.stop_reason = "lease lost"
-                elif flags is not None and flags[0]:
-                    run.stop_reason = "cancelled"
-                elif flags is not None and flags[1] and run.stop_reason is None and not run.preemption_declined:
-                    run.stop_reason = "preempted"
-                    log.warning("job %s: %s", run.job_id, flags[1])
-            except Exception as exc:  # a database blip: keep trying until the lease is about to run out
-                log.warning("heartbeat for %s failed: %s", run.job_id, str(exc).splitlines()[0])
-                if time.time() - last_ok > fence_after:
-                    run.stop_reason = "lease lost"
-            if run.stop_reason == "lease lost":
-                log.warning("job %s: lease lost; stopping its science (self-fencing)", run.job_id)
-                run.kill_science(grace=min(1.0, st.lease_seconds * C.SELF_FENCE_MARGIN / 2))
+        while not self.done.wait(self.ctx.settings.heartbeat_seconds):
+            self.beat()
+
+    def beat(self) -> None:
+        """One renewal of every live run's lease (one statement, one transaction)."""
+        st = self.ctx.settings
+        with self._beat_lock:
+            with self._runs_lock:
+                runs = [r for r in self._runs.values() if r.stop_reason != "lease lost"]
+            if not runs:
                 return
+            t0 = time.time()
+            try:
+                with session_scope(st.db_url) as s:
+                    held = states.renew_leases(s, self.ctx.name, {r.job_id: r.fence for r in runs}, st.lease_seconds)
+            except Exception as exc:  # a database blip: keep trying until a lease is about to run out
+                log.warning("heartbeat of %d job(s) failed: %s", len(runs), str(exc).splitlines()[0])
+                fence_after = st.lease_seconds * (1 - C.SELF_FENCE_MARGIN)
+                for run in runs:
+                    if t0 - run.last_renewal > fence_after:
+                        self._lost(run)
+                return
+            for run in runs:
+                flags = held.get(run.job_id)
+                if flags is None:
+                    self._lost(run)
+                    continue
+                run.last_renewal = t0
+                run.renewed(t0)
+                cancel, preempt = flags
+                if cancel:
+                    run.stop_reason = "cancelled"
+                elif preempt and run.stop_reason is None and not run.preemption_declined:
+                    run.stop_reason = "preempted"
+                    log.warning("job %s: %s", run.job_id, preempt)
+
+    def _lost(self, run: JobRun) -> None:
+        run.stop_reason = "lease lost"
+        log.warning("job %s: lease lost; stopping its science (self-fencing)", run.job_id)
+        grace = min(1.0, self.ctx.settings.lease_seconds * C.SELF_FENCE_MARGIN / 2)
+        # Its own thread: the other runs' renewals do not wait for this one's kill.
+        threading.Thread(target=run.kill_science, args=(grace,), daemon=True,
+                         name=f"self-fence-{run.job_id}").start()
 
 
 CLAIM_TRIES = 5  # a claim that loses a race (a card leased meanwhile) or hits a blip is retried at once
@@ -413,6 +460,11 @@ def _claim(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | Non
 
 
 def _claim_once(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | None:
+    if ctx.one_statement:  # a CPU job: claim, event and parent in one statement; anything else below
+        with autocommit(ctx.settings.db_url) as conn:
+            job = states.claim_cpu(conn, job_id, owner=ctx.name, lease_seconds=ctx.settings.lease_seconds)
+        if job is not None:
+            return job, []
     with session_scope(ctx.settings.db_url) as s:
         job = s.get(Job, job_id)
         if job is None or job.status != S.QUEUED.value:
@@ -446,8 +498,8 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
     job, cards = got
     run = JobRun(ctx, job, cards)
     _clean_stale_staging(ctx, run)  # what earlier attempts staged and never promoted
-    beat = Heartbeat(run)
-    beat.start()
+    beat = ctx.heartbeat
+    beat.add(run)
     log.info("job %s (%s) claimed by %s with cards %s (token %d)", job_id, job.kind, ctx.name, cards, run.fence)
     outcome, reason = S.SUCCEEDED, None
     try:
@@ -464,8 +516,7 @@ def execute_job(ctx: WorkerContext, job_id: str, handler: Callable[[JobRun], Non
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
         outcome, reason = S.FAILED, f"internal error: {_one_line(exc)}"
     finally:
-        beat.done.set()
-        beat.join()
+        beat.remove(run)
     if run.stop_reason == "preempted" and outcome is None:
         return _requeue_preempted(ctx, run)
     if run.stop_reason == "lease lost" or outcome is None:
@@ -493,15 +544,21 @@ def _requeue_preempted(ctx: WorkerContext, run: JobRun) -> str:
 
 
 def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None) -> bool:
-    with session_scope(ctx.settings.db_url) as s:
-        done = states.finish(s, run.job_id, outcome, owner=ctx.name, reason=reason, fence=run.fence,
-                             holds_cards=bool(run.cards))
-    if done is None:
-        log.warning("job %s: the final %s was refused (its token %d is stale)", run.job_id, outcome.value,
-                    run.fence)
-        return False
+    fast = None  # (parent id, dependents) from the one-statement finish
+    if ctx.one_statement and not run.cards:
+        with autocommit(ctx.settings.db_url) as conn:
+            fast = states.finish_cpu(conn, run.job_id, outcome, owner=ctx.name, fence=run.fence, reason=reason)
+    if fast is None:  # SQLite, cards to free, a CANCELLING job, or a stale token: the general path decides
+        with session_scope(ctx.settings.db_url) as s:
+            done = states.finish(s, run.job_id, outcome, owner=ctx.name, reason=reason, fence=run.fence,
+                                 holds_cards=bool(run.cards))
+        if done is None:
+            log.warning("job %s: the final %s was refused (its token %d is stale)", run.job_id, outcome.value,
+                        run.fence)
+            return False
     _clean_stale_staging(ctx, run)  # stale attempts that staged after this one's claim
-    if outcome is S.SUCCEEDED:
+    if outcome is S.SUCCEEDED and (run.fence > 1 or run._staged):  # a first attempt that staged nothing has
+        # nothing under its prefix to check (no other attempt ever wrote there): no store LIST
         try:
             drop_unrecorded(ctx, run.job_id)
         except Exception as exc:  # noqa: BLE001
@@ -512,8 +569,15 @@ def _finish(ctx: WorkerContext, run: JobRun, outcome: Status, reason: str | None
         with session_scope(ctx.settings.db_url) as s:
             fanout.maybe_finish_parent(s, ctx.store, run.parent_id, actor=ctx.name)
     log.info("job %s %s%s", run.job_id, outcome.value, f": {reason}" if reason else "")
-    # Jobs that depend on this one (or on its parent, which it may just have finished) may be ready now.
-    dispatch_dependents(ctx.settings, [run.job_id, *([run.parent_id] if run.parent_id else [])])
+    # Jobs that depend on this one (or on its parent, which it may just have finished) may be ready now; the
+    # one-statement finish has read this job's already.
+    if fast is None:
+        dispatch_dependents(ctx.settings, [run.job_id, *([run.parent_id] if run.parent_id else [])])
+    else:
+        if fast[1]:
+            dispatch_ready(ctx.settings, fast[1])
+        if run.parent_id:
+            dispatch_dependents(ctx.settings, [run.parent_id])
     return True
 
 

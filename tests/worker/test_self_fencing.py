@@ -82,7 +82,8 @@ def test_heartbeat_kills_the_science_when_the_lease_is_lost_while_the_task_threa
     and a new claim do), the heartbeat alone kills the science within about a second. Control: with the
     lease held, the science runs until the test stops it."""
     run = _claimed_run(settings)
-    beat = rt.Heartbeat(run)
+    beat = rt.Heartbeat(run.ctx)  # the worker's one heartbeat thread, renewing this run among others
+    beat.add(run)
     stuck = threading.Event()
     result: dict[str, float] = {}
 
