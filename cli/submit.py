@@ -230,7 +230,7 @@ def enhance(
     denoise: Annotated[Optional[float], typer.Option(help="denoising strength (0 = off); automatic when unset")] = None,
     solver: Annotated[Optional[str], typer.Option(help="LIME solver: fast | exact")] = None,
     scale: Annotated[Optional[int], typer.Option(help="super-resolution factor, 2 or 4")] = None,
-    model_job: Annotated[Optional[str], typer.Option("--model", help="train job of a zerodce/esrgan model")] = None,
+    model_job: Annotated[Optional[str], typer.Option("--model", help="train job of a zerodce/esrgan model (default: the model shipped with medgan)")] = None,
     gpus: Gpus = None, priority: Priority = None, name: Name = None, owner: Owner = None,
     idempotency_key: IdemKey = None, after: After = None, config: ConfigFile = None, set_: Sets = None,
     sweep: Sweep = None, wait: Wait = False, json_: Json = False,

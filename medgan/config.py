@@ -96,6 +96,15 @@ class TrainConfig(_Frozen):
     mixed_precision: Precision = "auto"
     sr_scale: Literal[2, 4] = Field(4, description="super-resolution factor (esrgan only)")
     perceptual_weights: str | None = Field(None, description="local VGG weights file for SR perceptual loss")
+    adv_weight: float = Field(5e-3, ge=0, le=10, description="esrgan: weight of the relativistic adversarial "
+                              "term (the paper's 5e-3; 0: the PSNR-oriented RRDB net of its first stage, no "
+                              "discriminator steps)")
+    dce_context: int = Field(0, ge=0, le=1024, description="zerodce: estimate the curve maps on a copy of the "
+                             "input area-resized to this long side and upsample them (Zero-DCE++), so the net sees "
+                             "the whole image's exposure; 0: at full resolution (the paper's net)")
+    reference_weight: float = Field(0.0, ge=0, le=1000, description="zerodce: weight of an L1 term between the "
+                                    "enhanced batch and the clean images it was darkened from (0: the paper's "
+                                    "four zero-reference losses only)")
     read: ReadPolicy = Field(default_factory=ReadPolicy, description="how dataset files are read (medgan.data)")
 
     @field_validator("image_size")

@@ -134,16 +134,10 @@ class EnhanceSpec(_Base):
     config: EnhanceConfig = Field(default_factory=EnhanceConfig)
     dataset: str = Field(..., description="dataset key of the images to enhance")
     references: str | None = Field(None, description="dataset key of reference images (same file stems)")
-    source_job: str | None = Field(None, description="a zerodce/esrgan train job for learned methods")
+    source_job: str | None = Field(None, description="a zerodce/esrgan train job for learned methods (default: "
+                                   "the model shipped with medgan, medgan.enhance.models)")
     _v_dataset = _datasets("dataset", "references")
     _v_source = field_validator("source_job")(classmethod(_job_id))
-
-    @model_validator(mode="after")
-    def _learned_needs_model(self) -> "EnhanceSpec":
-        if self.config.method in LEARNED_METHODS and not self.source_job:
-            raise ValueError(f"method {self.config.method} needs source_job: the {self.config.method} train job "
-                             "whose model to use")
-        return self
 
 
 class EvaluateSpec(_Base):

@@ -2,7 +2,9 @@
 
 ``enhance_dataset`` is the contract with the job system (docs/INTERFACES.md). Methods:
 ``lime`` (Guo et al. 2017), ``gamma``, ``he``, ``clahe`` (classical baselines), ``zerodce``
-(a trained curve estimator), ``bicubic`` and ``esrgan`` (x2/x4 super-resolution).
+(a trained curve estimator), ``bicubic`` and ``esrgan`` (x2/x4 super-resolution). The learned
+methods use a trained run's model when given one, else the model shipped with medgan
+(``medgan.enhance.models``: Zero-DCE and an x4 super-resolver).
 """
 
 from __future__ import annotations
@@ -53,21 +55,25 @@ def _classical(cfg: EnhanceConfig) -> Callable[[np.ndarray], tuple[np.ndarray, d
 
 
 def _learned(cfg: EnhanceConfig, model_dir: Path | None) -> Callable[[np.ndarray], tuple[np.ndarray, dict]]:
+    """The learned method's enhancer: the model of ``model_dir`` (a trained run's checkpoint directory),
+    else the one shipped with medgan (``medgan.enhance.models``, sha256 checked against its manifest)."""
     import torch
 
-    if model_dir is None:
-        raise DataError(f"method {cfg.method!r} needs model_dir (a trained run's checkpoint directory)")
+    from medgan.enhance import models
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    where = str(model_dir) if model_dir is not None else "the shipped model"
     if cfg.method == "zerodce":
         from medgan.enhance.zerodce import enhance_with, load_zerodce
 
-        net, _ = load_zerodce(Path(model_dir), device)
+        net, _ = load_zerodce(Path(model_dir), device) if model_dir is not None else models.load_shipped("zerodce", device)
         return lambda img: (enhance_with(net, img, strength=cfg.strength), {})
     from medgan.enhance.sr import load_esrgan, upscale_with
 
-    net, tcfg = load_esrgan(Path(model_dir), device)
+    net, tcfg = load_esrgan(Path(model_dir), device) if model_dir is not None else models.load_shipped("esrgan", device)
     if tcfg.sr_scale != cfg.scale:
-        raise DataError(f"model in {model_dir} upsamples x{tcfg.sr_scale}, but scale={cfg.scale}")
+        hint = "" if model_dir is not None else f" (pass a trained x{cfg.scale} model with --model)"
+        raise DataError(f"{where} upsamples x{tcfg.sr_scale}, but scale={cfg.scale}{hint}")
     return lambda img: (upscale_with(net, img, cfg.scale, tile=cfg.tile, overlap=cfg.tile_overlap), {})
 
 
@@ -225,7 +231,8 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
     (``"skip"``; its metrics.csv row says why). Returns the summary:
     ``{metric: {"mean", "sd"}, "count", "failed", "method", "params", "read", "scoring", ...}``;
     ``scoring`` states the convention (``scoring(cfg)``) and every metrics.csv row with a
-    reference names what it was scored on (``scored_on``) beside the baseline's scores.
+    reference names what it was scored on (``scored_on``) beside the baseline's scores. Learned
+    methods add ``model``: the checkpoint directory used, or the shipped model's file and sha256.
     """
     from medgan.data import ReadError, ReadReport
     from medgan.pngio import to_uint, write_png
@@ -282,6 +289,10 @@ def enhance_dataset(cfg: EnhanceConfig, inputs: list[Path], out_dir: Path,
         "read": report.to_dict(),
         "scoring": scoring(cfg),
     })
+    if cfg.method in LEARNED_METHODS:
+        from medgan.enhance.models import provenance
+
+        summary["model"] = {"source": str(model_dir)} if model_dir is not None else provenance(cfg.method)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     report.publish()
     return summary

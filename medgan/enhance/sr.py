@@ -170,17 +170,37 @@ def upscale_bicubic(img: np.ndarray, scale: int) -> np.ndarray:
     return _to_numpy(upsample_bicubic(_to_tensor(img), scale), img.ndim)
 
 
+# BT.601 full-range YCbCr (JPEG's): luma for a single-channel model, chroma upsampled bicubically.
+_RGB_TO_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def _rgb_to_ycc(x: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` RGB -> YCbCr (Y in [0, 1], Cb/Cr centred on 0)."""
+    return torch.einsum("ij,njhw->nihw", _RGB_TO_YCC.to(x), x)
+
+
+def _ycc_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB_TO_YCC).to(x), x)
+
+
 def upscale_with(net: nn.Module, img: np.ndarray, scale: int, tile: int = 256, overlap: int = 16) -> np.ndarray:
-    """Super-resolve a numpy image ``[h, w(, C)]`` with a trained generator, tiled."""
+    """Super-resolve a numpy image ``[h, w(, C)]`` with a trained generator, tiled; the output keeps the
+    input's channel count. A single-channel model super-resolves an RGB image's luma (Y) and the chroma
+    is upsampled bicubically (as SR is scored on Y); a 3-channel model sees a grey image as three
+    equal channels and returns their mean."""
     dev = next(net.parameters()).device
     want = net.conv_first.in_channels if hasattr(net, "conv_first") else None
-    x = _to_tensor(img)
+    x = _to_tensor(img).to(dev)  # [1, C, h, w]
     if want == 1 and x.shape[1] == 3:
-        raise ValueError("this model is single-channel but the image is RGB")
+        ycc = _rgb_to_ycc(x)
+        y = upscale_tiled(net, ycc[:, :1], scale, tile=tile, overlap=overlap)  # [1, 1, h*s, w*s]
+        chroma = F.interpolate(ycc[:, 1:], scale_factor=scale, mode="bicubic", align_corners=False)
+        return _to_numpy(_ycc_to_rgb(torch.cat([y, chroma], 1)), 3)
     if want == 3 and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    y = upscale_tiled(net, x.to(dev), scale, tile=tile, overlap=overlap)
-    return _to_numpy(y, img.ndim if want != 3 or img.ndim == 3 else 3)
+        y = upscale_tiled(net, x.expand(-1, 3, -1, -1), scale, tile=tile, overlap=overlap)
+        return _to_numpy(y.mean(1, keepdim=True), img.ndim)
+    y = upscale_tiled(net, x, scale, tile=tile, overlap=overlap)
+    return _to_numpy(y, img.ndim)
 
 
 def load_esrgan(ckpt_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:

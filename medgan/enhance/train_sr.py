@@ -1,9 +1,10 @@
 """Training of the ESRGAN-style super-resolution model through Accelerate.
 
 Pairs are made on the fly: the clean image is the high-resolution target and its bicubic,
-antialiased downsampling (``pairs.downsample``) the input. Generator loss: L1 + 5e-3 x the
-relativistic adversarial loss, plus a VGG19 perceptual loss only when
-``cfg.perceptual_weights`` names a local file (no weights are ever downloaded; without one
+antialiased downsampling (``pairs.downsample``) the input. Generator loss: L1 + ``cfg.adv_weight``
+(the paper's 5e-3) x the relativistic adversarial loss (0: no discriminator steps, the paper's
+PSNR-oriented first stage), plus a VGG19 perceptual loss only when ``cfg.perceptual_weights`` names
+a local file (no weights are ever downloaded; without one
 the term is omitted and stats.jsonl says so).
 """
 
@@ -24,7 +25,6 @@ from medgan.enhance.sr import GENERATOR_NAME, build_sr_discriminator, build_sr_g
 from medgan.errors import DataError
 from medgan.pngio import write_png
 
-ADV_WEIGHT = 5e-3  # ESRGAN paper: lambda = 5e-3 for the adversarial term
 PERCEPTUAL_WEIGHT = 1.0
 _SAMPLES = 4
 
@@ -55,10 +55,13 @@ class SRTrainer:
         return downsample(hr, self.cfg.sr_scale), hr  # [B, C, S/s, S/s], [B, C, S, S]
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One D update (RaGAN) and one G update (L1 + adversarial [+ perceptual])."""
+        """One D update (RaGAN) and one G update (L1 + adversarial [+ perceptual]); with
+        ``cfg.adv_weight == 0`` only the G update on L1 [+ perceptual] (the PSNR-oriented stage)."""
         lr, hr = self._pair(step)
         with self.acc.autocast():
             sr = self.g(lr)
+        if self.cfg.adv_weight == 0:
+            return self._content_step(sr, hr)
         self.opt_d.zero_grad(set_to_none=True)
         with self.acc.autocast():
             logits = self.d(torch.cat([hr, sr.detach()])).float()  # [2B]
@@ -71,13 +74,26 @@ class SRTrainer:
                 logits = self.d(torch.cat([hr, sr])).float()
             adv = ragan_losses(logits[: self.batch], logits[self.batch:], for_generator=True)
             l1 = F.l1_loss(sr.float(), hr)
-            loss_g = l1 + ADV_WEIGHT * adv
+            loss_g = l1 + self.cfg.adv_weight * adv
             out = {"loss_d": float(loss_d.detach()), "l1": float(l1.detach()), "adv": float(adv.detach())}
             if self.vgg is not None:
                 perc = F.l1_loss(self.vgg(sr.float()), self.vgg(hr))
                 loss_g = loss_g + PERCEPTUAL_WEIGHT * perc
                 out["perceptual"] = float(perc.detach())
             self.acc.backward(loss_g)
+        self.opt_g.step()
+        out["loss_g"] = float(loss_g.detach())
+        return out
+
+    def _content_step(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+        self.opt_g.zero_grad(set_to_none=True)
+        l1 = F.l1_loss(sr.float(), hr)
+        loss_g, out = l1, {"l1": float(l1.detach())}
+        if self.vgg is not None:
+            perc = F.l1_loss(self.vgg(sr.float()), self.vgg(hr))
+            loss_g = loss_g + PERCEPTUAL_WEIGHT * perc
+            out["perceptual"] = float(perc.detach())
+        self.acc.backward(loss_g)
         self.opt_g.step()
         out["loss_g"] = float(loss_g.detach())
         return out

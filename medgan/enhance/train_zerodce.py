@@ -1,7 +1,10 @@
 """Training of the Zero-DCE curve estimator through Accelerate (same contract as medgan.train).
 
 Training images are clean images darkened on the fly (``pairs.darken_batch``: random exposure,
-shot and read noise, seeded by (seed, step, rank)); the losses never see the clean image.
+shot and read noise, seeded by (seed, step, rank)). The paper's four losses never see the clean
+image; ``cfg.reference_weight > 0`` adds an L1 term to it (the pair maker's reference), which
+anchors the brightness where the exposure target E = 0.6 is wrong (black-background medical images,
+bright scenes).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from medgan import rundir
 from medgan.callbacks import Callbacks
@@ -35,18 +39,25 @@ class ZeroDCETrainer:
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_g, weight_decay=1e-4)
         self.net, self.opt = accelerator.prepare(net, opt)
 
-    def _dark_batch(self, step: int, stream: int = 0) -> torch.Tensor:
+    def _pair(self, step: int, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         gen = rundir.step_generator(self.cfg.seed, step, self.rank, stream)
         idx = torch.randint(len(self.x), (self.batch,), generator=gen)
-        return darken_batch(self.x[idx], gen).to(self.acc.device)  # [B, C, S, S]
+        clean = self.x[idx]
+        return darken_batch(clean, gen).to(self.acc.device), clean.to(self.acc.device)  # [B, C, S, S] each
+
+    def _dark_batch(self, step: int, stream: int = 0) -> torch.Tensor:
+        return self._pair(step, stream)[0]
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One Adam step on the four zero-reference losses; returns them as floats."""
-        dark = self._dark_batch(step)
+        """One Adam step on the four zero-reference losses (+ the reference L1); returns them as floats."""
+        dark, clean = self._pair(step)
         self.opt.zero_grad(set_to_none=True)
         with self.acc.autocast():
             enhanced, curves = self.net(dark)
         parts = zerodce_losses(dark, enhanced.float(), curves.float())
+        if self.cfg.reference_weight > 0:
+            parts["ref"] = F.l1_loss(enhanced.float(), clean)
+            parts["loss"] = parts["loss"] + self.cfg.reference_weight * parts["ref"]
         self.acc.backward(parts["loss"])
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 0.1)  # the paper's gradient clip
         self.opt.step()

@@ -27,9 +27,10 @@ class DCENet(nn.Module):
     ``[N, C, H, W]`` in [0, 1] -> (enhanced ``[N, C, H, W]``, curve maps ``[N, 8*C, H, W]``).
     """
 
-    def __init__(self, channels: int = 3, width: int = 32):
+    def __init__(self, channels: int = 3, width: int = 32, context: int = 0):
         super().__init__()
         self.channels = channels
+        self.context = context  # long side the curves are estimated at (0: full resolution)
         self.c1 = nn.Conv2d(channels, width, 3, 1, 1)
         self.c2 = nn.Conv2d(width, width, 3, 1, 1)
         self.c3 = nn.Conv2d(width, width, 3, 1, 1)
@@ -39,14 +40,26 @@ class DCENet(nn.Module):
         self.c7 = nn.Conv2d(2 * width, ITERATIONS * channels, 3, 1, 1)  # sees [x1, x6]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = x.shape[-2:]
+        if self.context and max(h, w) > self.context:
+            # Zero-DCE++: curves from an area-downscaled copy (the net's 15 px view then spans the
+            # image, so it can judge the exposure), bilinearly upsampled and applied at full resolution.
+            s = self.context / max(h, w)
+            small = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")
+            curves = F.interpolate(self.curves(small), size=(h, w), mode="bilinear", align_corners=False)
+        else:
+            curves = self.curves(x)
+        return apply_curves(x, curves, self.channels), curves
+
+    def curves(self, x: torch.Tensor) -> torch.Tensor:
+        """The 8 curve maps ``[N, 8C, H, W]`` in (-1, 1) the net predicts for ``x`` ``[N, C, H, W]``."""
         x1 = F.relu(self.c1(x))
         x2 = F.relu(self.c2(x1))
         x3 = F.relu(self.c3(x2))
         x4 = F.relu(self.c4(x3))
         x5 = F.relu(self.c5(torch.cat([x3, x4], 1)))
         x6 = F.relu(self.c6(torch.cat([x2, x5], 1)))
-        curves = torch.tanh(self.c7(torch.cat([x1, x6], 1)))  # [N, 8C, H, W] in (-1, 1)
-        return apply_curves(x, curves, self.channels), curves
+        return torch.tanh(self.c7(torch.cat([x1, x6], 1)))  # [N, 8C, H, W] in (-1, 1)
 
 
 def apply_curves(x: torch.Tensor, curves: torch.Tensor, channels: int) -> torch.Tensor:
@@ -110,8 +123,8 @@ def zerodce_losses(inp: torch.Tensor, enhanced: torch.Tensor, curves: torch.Tens
 
 
 def build_dce(cfg: TrainConfig) -> DCENet:
-    """DCE-Net for a TrainConfig's channel count (the paper's width of 32)."""
-    return DCENet(cfg.channels)
+    """DCE-Net for a TrainConfig's channel count (the paper's width of 32) and curve context."""
+    return DCENet(cfg.channels, context=cfg.dce_context)
 
 
 @torch.no_grad()

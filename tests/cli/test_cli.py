@@ -60,7 +60,7 @@ def test_help_is_fast_and_does_not_import_torch():
         (["jobs", "cancel"], ["at least one filter"]),
         (["jobs", "acct", "--by", "colour"], ["--by takes"]),
         (["jobs", "url", "jobs/0123456789ab/nothing.txt"], ["no object"]),
-        (["enhance", "--input", ".", "--method", "esrgan"], ["needs source_job"]),
+        (["enhance", "--input", ".", "--method", "esrgan", "--model", "0123456789ab"], ["no job '0123456789ab'"]),
         (["jobs", "show", "ffffffffffff"], ["no job"]),
         (["train", "--set", "nonsense"], ["key=value"]),
     ],

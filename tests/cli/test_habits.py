@@ -89,7 +89,8 @@ def test_ambiguous_prefix_names_the_candidates(embedded):
 @pytest.mark.parametrize("fields, needle", [
     ({"kind": "generate"}, "needs source_job"),
     ({"kind": "generate", "source_job": ""}, "needs source_job"),
-    ({"kind": "enhance", "dataset": "datasets/x/1", "config": {"method": "zerodce"}}, "needs source_job"),
+    ({"kind": "enhance", "dataset": "datasets/x/1", "source_job": "ffff", "config": {"method": "zerodce"}},
+     "no job 'ffff'"),
     ({"kind": "evaluate", "source_job": "ffff"}, "no job 'ffff'"),
     ({"kind": "noop", "depends_on": ["zzzz-nothing"]}, "no job 'zzzz-nothing'"),
     ({"kind": "script", "code": "not-a-key", "command": ["python", "x.py"]}, "code snapshot key"),

@@ -12,9 +12,10 @@ import torch
 from medgan.callbacks import Callbacks
 from medgan.checkpoint import latest_checkpoint
 from medgan.config import EnhanceConfig, PhantomSpec, TrainConfig
+from medgan.errors import MedganError
 from medgan.enhance import enhance_dataset
 from medgan.pngio import write_png
-from medgan.enhance.zerodce import (DCENet, apply_curves, color_constancy_loss, exposure_loss,
+from medgan.enhance.zerodce import (DCENet, apply_curves, build_dce, color_constancy_loss, exposure_loss,
                                     illumination_smoothness_loss, load_zerodce, spatial_consistency_loss)
 
 
@@ -26,6 +27,22 @@ def test_dce_net_matches_the_paper() -> None:
     y, curves = net(x)
     assert y.shape == x.shape and curves.shape == (2, 24, 32, 32)
     assert curves.abs().max() <= 1 and 0 <= y.min() and y.max() <= 1
+
+
+def test_curves_from_a_downscaled_copy_cover_the_full_image() -> None:
+    """dce_context (Zero-DCE++): same weights, curves estimated at a long side of 16 and upsampled."""
+    torch.manual_seed(0)
+    full, small = DCENet(3), DCENet(3, context=16)
+    small.load_state_dict(full.state_dict())
+    x = torch.rand(1, 3, 48, 64)
+    y, curves = small(x)
+    assert y.shape == x.shape and curves.shape == (1, 24, 48, 64) and 0 <= y.min() and y.max() <= 1
+    assert torch.allclose(apply_curves(x, curves, 3), y)
+    ref = full.curves(torch.nn.functional.interpolate(x, size=(12, 16), mode="area"))  # [1, 24, 12, 16]
+    assert torch.allclose(torch.nn.functional.interpolate(ref, size=(48, 64), mode="bilinear"), curves, atol=1e-6)
+    tiny = torch.rand(1, 3, 12, 12)  # no larger than the context: the plain net
+    assert torch.equal(small(tiny)[0], full(tiny)[0])
+    assert build_dce(TrainConfig(model="zerodce", channels=3, dce_context=32)).context == 32
 
 
 def test_curve_keeps_range_and_order() -> None:
@@ -84,5 +101,11 @@ def test_train_stop_resume_and_enhance(tmp_path: Path) -> None:
     write_png(src / "a.png", np.linspace(0.02, 0.2, 48 * 48, dtype=np.float32).reshape(48, 48))
     summary = enhance_dataset(EnhanceConfig(method="zerodce"), [src / "a.png"], tmp_path / "out", model_dir=ckpt)
     assert summary["count"] == 1 and (tmp_path / "out" / "images" / "a.png").is_file()
-    with pytest.raises(Exception, match="model_dir"):
-        enhance_dataset(EnhanceConfig(method="zerodce"), [src / "a.png"], tmp_path / "out2")
+    assert summary["model"] == {"source": str(ckpt)}
+    # without model_dir: the shipped model (tests/medgan/test_shipped_models.py); a folder that is no
+    # checkpoint is refused by name
+    summary = enhance_dataset(EnhanceConfig(method="zerodce"), [src / "a.png"], tmp_path / "out2")
+    assert summary["count"] == 1 and summary["model"]["source"] == "shipped with medgan"
+    with pytest.raises(MedganError, match="not_a_checkpoint"):
+        enhance_dataset(EnhanceConfig(method="zerodce"), [src / "a.png"], tmp_path / "out3",
+                        model_dir=tmp_path / "not_a_checkpoint")

@@ -27,10 +27,8 @@ def handle(run: JobRun) -> None:
     spec = run.spec
     inputs = _images(run, spec.dataset)
     refs = _images(run, spec.references) if spec.references else None
-    model_dir = None
-    if spec.config.method in ("zerodce", "esrgan"):
-        if not spec.source_job:
-            raise JobFailed(f"method {spec.config.method} needs --model <train job id>")
+    model_dir = None  # learned methods without a source job use the model shipped with medgan
+    if spec.config.method in ("zerodce", "esrgan") and spec.source_job:
         model_dir = str(fetch_checkpoint(run, spec.source_job, run.work_dir / "model"))
     out_dir = run.work_dir / "out"
     inv = write_invocation(run, {
