@@ -139,6 +139,17 @@ class EnhanceSpec(_Base):
     _v_dataset = _datasets("dataset", "references")
     _v_source = field_validator("source_job")(classmethod(_job_id))
 
+    @model_validator(mode="after")
+    def _shipped_scale(self) -> "EnhanceSpec":
+        if self.config.method == "esrgan" and not self.source_job:
+            from medgan.enhance.models import shipped_sr_scale
+
+            scale = shipped_sr_scale()
+            if scale is not None and scale != self.config.scale:
+                raise ValueError(f"the shipped esrgan model upsamples x{scale}, not x{self.config.scale}: "
+                                 f"pass a trained x{self.config.scale} esrgan job with --model (source_job)")
+        return self
+
 
 class EvaluateSpec(_Base):
     kind: Literal["evaluate"] = "evaluate"

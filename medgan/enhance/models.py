@@ -109,6 +109,14 @@ def verify(method: str) -> Path:
     return path
 
 
+def shipped_sr_scale() -> int | None:
+    """The shipped SR model's factor from the manifest (no weights read); None when none ships."""
+    try:
+        return int(_entry("esrgan")["config"]["sr_scale"])
+    except (NoShippedModel, KeyError, TypeError, ValueError):
+        return None
+
+
 def provenance(method: str) -> dict[str, Any]:
     """What an enhance summary records about a shipped model it used."""
     entry = _entry(method)

@@ -61,6 +61,8 @@ def test_help_is_fast_and_does_not_import_torch():
         (["jobs", "acct", "--by", "colour"], ["--by takes"]),
         (["jobs", "url", "jobs/0123456789ab/nothing.txt"], ["no object"]),
         (["enhance", "--input", ".", "--method", "esrgan", "--model", "0123456789ab"], ["no job '0123456789ab'"]),
+        (["enhance", "--input", ".", "--method", "esrgan", "--scale", "2"], ["shipped esrgan model upsamples x4",
+                                                                            "--model"]),
         (["jobs", "show", "ffffffffffff"], ["no job"]),
         (["train", "--set", "nonsense"], ["key=value"]),
     ],

@@ -195,7 +195,7 @@ def test_the_training_folder_holds_tiles_of_the_sources_only(tmp_path: Path) -> 
 
 def test_retrain_trains_scores_and_writes_its_entry(weights_copy: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The retrain command end to end at toy size: a model that does not beat its baseline is not shipped."""
+    """The retrain path end to end at toy size (ship=False): trained, scored, its entry made, nothing replaced."""
     monkeypatch.setattr(models, "write_training_folder",
                         lambda out, tile: _tiny_folder(Path(out), tile))
     before = (weights_copy / "zerodce.safetensors").read_bytes()
