@@ -399,17 +399,20 @@ class Client:
         """Listen first (an end committed after this is announced to us), then read the statuses (one query,
         or the full jobs when `on_progress` wants them) and sleep on the announcements until all have ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        jobs.check_database(self.settings)  # one clear line when it is not there (and no SQLite file made)
         listener = self._done_listener()
-        ids = self._exact_ids(refs)
+        statuses = jobs.job_statuses(self.settings, refs)  # exact ids: one query for all of them
+        ids = [r if r in statuses else self.job(r).id for r in refs]  # prefixes, names: resolved once
+        fresh = all(r in statuses for r in refs)  # read just now: no second read in the first round
+        ended: set[str] = set()  # announced by the listener: their end is committed, no read needed
         while True:
             if on_progress is not None:
                 current = [self.job(i) for i in ids]
                 on_progress(current)
                 statuses = {j.id: j.status for j in current}
-            else:
+            elif not fresh and not set(ids) <= ended:
                 statuses = jobs.job_statuses(self.settings, ids)
-            waiting = [i for i in ids if Status(statuses[i]) not in TERMINAL]
+            fresh = False
+            waiting = [i for i in ids if Status(statuses[i]) not in TERMINAL and i not in ended]
             if not waiting:
                 return [self.job(i) for i in ids]
             if deadline is not None and time.monotonic() > deadline:
@@ -417,15 +420,13 @@ class Client:
                                    else f"{len(waiting)} job(s) still going after {timeout}s: "
                                    + ", ".join(f"{i} {statuses[i]}" for i in waiting[:10]))
             nap = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            if listener is not None:
-                listener.wait(set(waiting), nap)
-            else:
-                time.sleep(nap)
-
-    def _exact_ids(self, refs: list[str]) -> list[str]:
-        """Job ids for references (ids, unique prefixes, names): exact ids cost one query for all of them."""
-        found = jobs.job_statuses(self.settings, refs) if refs else {}
-        return [r if r in found else self.job(r).id for r in refs]
+            try:
+                if listener is not None:
+                    ended |= listener.wait(set(waiting), nap)
+                    continue
+            except Exception:  # noqa: BLE001 - the database went away: poll (the next wait listens again)
+                listener, self._listener, self._listening = None, None, False
+            time.sleep(nap)
 
     def _done_listener(self):  # noqa: ANN202 - a jobs.DoneListener or None
         """This client's LISTEN connection (made on the first wait, kept for the next ones)."""

@@ -258,16 +258,37 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _autocommit_engine(url: str) -> Engine:
-    return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")  # the same pool, no transaction
+def _autocommit_engine(url: str, durable: bool) -> Engine:
+    if durable or not url.startswith("postgresql"):
+        return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")  # the same pool, no transaction
+    # A pool of its own whose sessions commit without waiting for the WAL flush (PostgreSQL's asynchronous
+    # commit): atomic and visible at once like any commit; only a crash of the database server itself can
+    # lose the last few hundred ms of them.
+    engine = create_engine(url, pool_size=2, max_overflow=3, isolation_level="AUTOCOMMIT", connect_args={
+        "options": f"-c synchronous_commit=off -c idle_in_transaction_session_timeout="
+                   f"{int(C.DB_IDLE_IN_TRANSACTION_SECONDS * 1000)}"})
+    _ping_when_idle(engine)
+    return engine
 
 
 @contextmanager
-def autocommit(url: str) -> Iterator[Connection]:
+def autocommit(url: str, *, durable: bool = True) -> Iterator[Connection]:
     """A pooled connection in autocommit mode: each statement commits by itself, with no BEGIN/COMMIT round
-    trips around it (the worker's one-statement claim and finish, reads that need no transaction)."""
-    with _autocommit_engine(url).connect() as conn:
+    trips around it (the worker's one-statement claim and finish, reads that need no transaction).
+
+    `durable=False` (PostgreSQL): the commit does not wait for the disk. Only for a write whose loss in a
+    database-server crash the system already recovers from: a claim (the job is QUEUED again after such a
+    crash, the attempt's later effects are refused by its token, and the sweeper re-sends the job)."""
+    with _autocommit_engine(url, durable).connect() as conn:
         yield conn
+
+
+@contextmanager
+def read_scope(url: str) -> Iterator[Session]:
+    """A session for reads only, on an autocommit connection: no BEGIN/COMMIT round trips around its queries
+    (each sees what is committed when it runs). Anything it would write is not committed."""
+    with autocommit(url) as conn, Session(bind=conn, expire_on_commit=False) as session:
+        yield session
 
 
 @functools.lru_cache(maxsize=8)

@@ -461,7 +461,9 @@ def _claim(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | Non
 
 def _claim_once(ctx: WorkerContext, job_id: str) -> tuple[Job, list[int]] | str | None:
     if ctx.one_statement:  # a CPU job: claim, event and parent in one statement; anything else below
-        with autocommit(ctx.settings.db_url) as conn:
+        # Not waiting for the disk: a claim lost in a database crash is a job QUEUED again (see `autocommit`);
+        # the finish, that a user reads as the result, waits for it.
+        with autocommit(ctx.settings.db_url, durable=False) as conn:
             job = states.claim_cpu(conn, job_id, owner=ctx.name, lease_seconds=ctx.settings.lease_seconds)
         if job is not None:
             return job, []

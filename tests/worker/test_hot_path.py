@@ -152,22 +152,26 @@ def test_a_cpu_job_costs_two_statements_on_postgres_and_a_gpu_job_still_goes_thr
     dependents' read. The control: a job asking for a card that this worker does not have waits."""
     from sqlalchemy import event
 
-    from scheduler.db import get_engine
+    from scheduler.db import _autocommit_engine, get_engine
     from worker.runtime import _claim
 
     ctx = _ctx(settings)
     job_id = J.submit(settings, {"kind": "noop"})["id"]
     verbs: list[str] = []
-    engine = get_engine(settings.db_url)
 
     def seen(_conn, _cursor, statement, *_args) -> None:
         verbs.append(statement.split(None, 1)[0].upper())
 
-    event.listen(engine, "before_cursor_execute", seen)
+    # The database's engine, and the claim's asynchronous-commit pool, an engine of its own.
+    engines = [get_engine(settings.db_url), _autocommit_engine(settings.db_url, False)]
+    engines = [e for i, e in enumerate(engines) if e not in engines[:i]]  # SQLite: the same engine
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", seen)
     try:
         assert execute_job(ctx, job_id, handler_for("noop")) == "SUCCEEDED"
     finally:
-        event.remove(engine, "before_cursor_execute", seen)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", seen)
     if settings.db_url.startswith("postgresql"):
         assert verbs == ["WITH", "WITH"], verbs
         assert _job(settings, job_id).fence == 1  # the claim's token, as the general path gives it
@@ -178,3 +182,18 @@ def test_a_cpu_job_costs_two_statements_on_postgres_and_a_gpu_job_still_goes_thr
     assert _claim(ctx, gpu_job) == "busy"
     job = _job(settings, gpu_job)
     assert job.status == "QUEUED" and job.attempt == 0 and "GPU" in job.message
+
+
+def test_only_the_claim_skips_the_wait_for_the_disk(postgres_url):
+    """PostgreSQL: the claim's connections commit asynchronously (a claim lost in a server crash is a job
+    QUEUED again); submission, finish and everything else wait for the WAL flush."""
+    from sqlalchemy import text
+
+    from scheduler.db import autocommit
+
+    with autocommit(postgres_url, durable=False) as conn:
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
+    with autocommit(postgres_url) as conn:
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    with session_scope(postgres_url) as s:
+        assert s.execute(text("SHOW synchronous_commit")).scalar() == "on"
