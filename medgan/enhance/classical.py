@@ -49,11 +49,18 @@ def _with_luma(img: np.ndarray, new_luma: np.ndarray) -> np.ndarray:
 WHITE_PERCENTILE = 99.9
 WHITE = 0.95
 MAX_GAIN = 30.0
+# Pixels sampled for the white-point percentile (see auto_exposure_gain).
+GAIN_SAMPLE = 1_000_000
 
 
 def auto_exposure_gain(img: np.ndarray) -> float:
-    """The exposure gain (>= 1) that puts the image's white point at ``WHITE`` (see above)."""
-    x = _check(img)
+    """The exposure gain (>= 1) that puts the image's white point at ``WHITE`` (see above).
+
+    Above GAIN_SAMPLE pixels the percentile is taken on a strided sample of about that many (a 1080p
+    frame's full-resolution percentile cost 0.1 s of a LIME frame); smaller images use every pixel.
+    """
+    step = max(1, int(np.ceil(np.sqrt(img.shape[0] * img.shape[1] / GAIN_SAMPLE))))
+    x = _check(img[::step, ::step] if step > 1 else img)
     top = x if x.ndim == 2 else x.max(2)
     p = float(np.percentile(top, WHITE_PERCENTILE))
     return float(np.clip(WHITE / max(p, 1e-4), 1.0, MAX_GAIN))

@@ -50,8 +50,15 @@ _SWEEPS = 1
 # Largest update (T in [0, 1]) at which PCG stops. 3e-3 kept the enhanced image within 40-53 dB
 # PSNR of the exact solve on darkened skimage photos at 960x540, at 0.4x the time of 1e-3.
 FAST_TOL = 3e-3
+# PCG iterations at most on the finest grid. The largest-update test there is noisy (a few stiff pixels,
+# weights ~1e6, jump by 2-20e-3 from one iteration to the next), so it ran 7 or 16 iterations on the same
+# 1080p frame depending on the thread count. Agreement with the direct solve (gamma 0.8, no denoise,
+# solve at 1/2): 1080p cap 8 37.7 dB (uncapped 37.5, cap 6 35.1, cap 4 31.2); 960x540 cap 8 40.1 (= uncapped).
+FINE_MAX_ITER = 8
 # Maps above this many pixels are solved at reduced resolution by default (auto_reduce).
 REDUCE_FROM = 1_000_000
+# Maps above this many pixels (more than a 4K UHD frame) are solved at 1/4 resolution.
+REDUCE4_FROM = 8_300_000
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -276,7 +283,7 @@ def solve_fast(t_hat: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, alpha: f
     rel = 0.0
     for l in range(len(mg.levels) - 2, -1, -1):
         x = F.interpolate(x[None, None], size=rhs[l].shape, mode="bilinear", align_corners=False)[0, 0]
-        x, it, rel = _pcg(mg, l, rhs[l], x, tol, max_iter)
+        x, it, rel = _pcg(mg, l, rhs[l], x, tol, min(max_iter, FINE_MAX_ITER) if l == 0 else max_iter)
         iters.append(it)
     return x, {"levels": len(mg.levels), "iterations": iters, "rel_residual": rel}
 
@@ -286,9 +293,14 @@ def solve_fast(t_hat: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor, alpha: f
 # ----------------------------------------------------------------------------------------------
 def auto_reduce(shape: tuple[int, int]) -> int:
     """Downscale factor of the illumination solve for an ``[H, W]`` map: 1 up to a megapixel, 2 up to
-    6 MP (1080p), 4 beyond (4K). The solve then always runs on at most ~1.5 MP (see ``reduced_solve``)."""
+    REDUCE4_FROM (4K included), 4 beyond, so the solve runs on at most ~2.1 MP up to 4K.
+
+    Agreement with the direct full-resolution solve (bench/bench_lime.py, darkened astronaut, gamma 0.8, no
+    denoise): 960x540 at 1/2 40.0 dB, at 1/4 34.2 dB; 1920x1080 at 1/2 36.7 dB, at 1/4 34.0 dB. So 4K,
+    once solved at 1/4 (32.3 dB in the benchmark), is solved at 1/2: slower, but >= 35 dB.
+    """
     n = shape[0] * shape[1]
-    return 1 if n <= REDUCE_FROM else (2 if n <= 6_000_000 else 4)
+    return 1 if n <= REDUCE_FROM else (2 if n <= REDUCE4_FROM else 4)
 
 
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -448,11 +460,11 @@ def estimate_noise_sigma(img: np.ndarray) -> float:
     divided by 0.6745 estimates sigma (as skimage.restoration.estimate_sigma does with db2,
     which needs PyWavelets).
     """
-    y = _luma(img).astype(np.float64)
+    y = _luma(img).astype(np.float32, copy=False)
     h, w = (y.shape[0] // 2) * 2, (y.shape[1] // 2) * 2
     y = y[:h, :w]
     hh = (y[0::2, 0::2] - y[0::2, 1::2] - y[1::2, 0::2] + y[1::2, 1::2]) / 2.0  # orthonormal Haar HH
-    return float(np.median(np.abs(hh)) / 0.6745)
+    return float(np.median(np.abs(hh)).astype(np.float64) / 0.6745)
 
 
 # Automatic denoising: NLM strength h = DENOISE_K x the output's expected noise (the input's estimated
@@ -465,6 +477,12 @@ def estimate_noise_sigma(img: np.ndarray) -> float:
 DENOISE_K = 1.0
 DENOISE_MIN = 2.0
 DENOISE_MAX = 30.0
+# Automatic denoising also runs NLM on the chroma (Cr, Cb) with the same strength: LIME lifts the dark
+# input's colour noise with its luma. Calibration (scenes.CALIBRATION, 84 pairs, automatic gamma, gain cap
+# 1.0, K 1 / cap 30; /tmp-free rerun: lime_enhance on scenes.pairs(scenes.CALIBRATION)): luma only 21.97 dB /
+# SSIM 0.499 mean, 14 pairs below the dark input's SSIM (0 below its PSNR); luma + chroma 23.01 dB / 0.578,
+# 0 below either.
+AUTO_CHROMA_DENOISE = True
 
 
 def auto_denoise(img: np.ndarray, gain: float | None = None) -> float:
@@ -488,17 +506,66 @@ def _luma(img: np.ndarray) -> np.ndarray:
     return img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
 
 
-def denoise_luma(img: np.ndarray, h: float) -> np.ndarray:
-    """OpenCV non-local means on the luma only (chroma kept): ``[H, W(, 3)]`` float in [0, 1]."""
+# Images above this many pixels are denoised at 1/2 resolution (area-averaged, so the NLM strength is
+# halved: averaging 2x2 pixels halves white noise's sigma) and bilinearly upsampled. At 1080p full-
+# resolution NLM took 0.73 s of a 1.06 s frame; at 1/2 it takes about a quarter of that. The
+# recombination keeps the full-resolution raw estimate where the illumination is bright.
+DENOISE_REDUCE_FROM = 1_000_000
+
+
+def _nlm(u: np.ndarray, h: float) -> np.ndarray:
+    """OpenCV non-local means of one ``[H, W]`` float plane in [0, 1] (via uint8), float32."""
+    import cv2
+
+    u8 = np.round(np.clip(u, 0, 1) * 255).astype(np.uint8)
+    return cv2.fastNlMeansDenoising(u8, None, h=float(h)).astype(np.float32) / np.float32(255.0)
+
+
+def _denoise_planes(img: np.ndarray, h: float, chroma: bool, chroma_down: int = 1) -> np.ndarray:
+    """NLM on the luma (and, with ``chroma``, on Cr/Cb with the same strength) of ``[H, W(, 3)]``.
+
+    ``chroma_down`` > 1: the chroma planes are denoised that many times smaller (strength divided
+    by it, as area averaging divides white noise's sigma) and bilinearly upsampled; chroma carries
+    little detail, and this keeps their cost small against the luma's.
+    """
     import cv2
 
     if img.ndim == 2:
-        u8 = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
-        return cv2.fastNlMeansDenoising(u8, None, h=float(h)).astype(np.float32) / 255.0
-    ycc = cv2.cvtColor(np.clip(img, 0, 1).astype(np.float32), cv2.COLOR_RGB2YCrCb)  # [H, W, 3]
-    y8 = np.round(ycc[..., 0] * 255).astype(np.uint8)
-    ycc[..., 0] = cv2.fastNlMeansDenoising(y8, None, h=float(h)).astype(np.float32) / 255.0
-    return np.clip(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB), 0, 1)
+        return _nlm(img, h)
+    ycc = cv2.cvtColor(np.clip(img, 0, 1).astype(np.float32, copy=False), cv2.COLOR_RGB2YCrCb)  # [H, W, 3]
+    ycc[..., 0] = _nlm(ycc[..., 0], h)
+    if chroma:
+        hh, ww = ycc.shape[:2]
+        c = ycc[..., 1:] if chroma_down == 1 else cv2.resize(
+            ycc[..., 1:], (-(-ww // chroma_down), -(-hh // chroma_down)), interpolation=cv2.INTER_AREA)
+        c = np.stack([_nlm(c[..., k], h / chroma_down) for k in (0, 1)], -1)  # [h', w', 2]
+        ycc[..., 1:] = c if chroma_down == 1 else cv2.resize(c, (ww, hh), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+
+
+def denoise_luma(img: np.ndarray, h: float, chroma: bool = False) -> np.ndarray:
+    """OpenCV non-local means on the luma (chroma kept unless ``chroma``): ``[H, W(, 3)]`` float in [0, 1].
+
+    Above DENOISE_REDUCE_FROM pixels the luma is denoised at 1/2 resolution (strength h/2), the
+    chroma at 1/4, and the result bilinearly upsampled back; float32 of ``img``'s shape.
+    """
+    import cv2
+
+    hh, ww = img.shape[:2]
+    if hh * ww <= DENOISE_REDUCE_FROM:
+        return np.clip(_denoise_planes(img, h, chroma), 0, 1)
+    small = cv2.resize(img, ((ww + 1) // 2, (hh + 1) // 2), interpolation=cv2.INTER_AREA)
+    den = _denoise_planes(small, h / 2.0, chroma, chroma_down=2)
+    return np.clip(cv2.resize(den, (ww, hh), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+def _as_unit_float32(img: np.ndarray) -> np.ndarray:
+    """``img`` as float32 in [0, 1], ``[H, W, C]``; no copy when it already is (4K: 100 MB saved)."""
+    if img.dtype == np.float32 and img.size and float(img.min()) >= 0.0 and float(img.max()) <= 1.0:
+        arr = img
+    else:
+        arr = np.clip(img, 0.0, 1.0, dtype=np.float32) if img.dtype != np.float32 else np.clip(img, 0.0, 1.0)
+    return arr.reshape(arr.shape[:2] + (-1,))
 
 
 def lime_enhance(img: np.ndarray, *, gamma: float | None = None, alpha: float = 0.15,
@@ -510,12 +577,11 @@ def lime_enhance(img: np.ndarray, *, gamma: float | None = None, alpha: float = 
 
     ``img``: ``[H, W]`` (grey, e.g. a CT slice) or ``[H, W, 3]`` RGB, float in [0, 1].
     ``gamma``/``denoise`` ``None`` (the defaults, as in the CLI and job specs) choose automatically
-    (see ``auto_gamma``/``auto_denoise``; bench/bench_enhance.py: 23.3 dB against 13.7 dB for the paper's
-    fixed 0.8 on held-out pairs);
-    ``denoise`` is the non-local-means strength in 8-bit grey levels (0: off). ``strength``
-    blends the result over the input. ``reduce``: see ``estimate_illumination`` (None: 1 up to
-    a megapixel, then 2, 4 beyond 6 MP). Returns the enhanced image (same shape, float32 in
-    [0, 1]) and the parameters actually used.
+    (see ``auto_gamma``/``auto_denoise``; bench/bench_enhance.py reports them on held-out pairs);
+    ``denoise`` is the non-local-means strength in 8-bit grey levels (0: off); the automatic one
+    also denoises the chroma (AUTO_CHROMA_DENOISE). ``strength`` blends the result over the input.
+    ``reduce``: see ``estimate_illumination`` (None: 1 up to a megapixel, 2 up to 4K, then 4).
+    Returns the enhanced image (same shape, float32 in [0, 1]) and the parameters actually used.
     """
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)):
         raise ValueError(f"expected [H, W] or [H, W, 1|3], got {img.shape}")
@@ -527,26 +593,32 @@ def lime_enhance(img: np.ndarray, *, gamma: float | None = None, alpha: float = 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if not np.isfinite(img).all():
         raise ValueError("image contains NaN or infinite values")
-    arr = np.clip(img, 0.0, 1.0, dtype=np.float32) if img.dtype != np.float32 else np.clip(img, 0.0, 1.0)
-    arr = arr.reshape(arr.shape[:2] + (-1,))  # [H, W, C]
+    arr = _as_unit_float32(img)  # [H, W, C]
     x = torch.from_numpy(arr).to(dev).permute(2, 0, 1)  # [C, H, W] (a view on the CPU)
     t_hat = x.amax(0)  # [H, W] brightest channel: the paper's initial illumination
     t, stats = estimate_illumination(t_hat, alpha=alpha, sigma=sigma, eps=eps, solver=solver, reduce=reduce)
+    del t_hat
     t = t.clamp_(T_FLOOR, 1.0)
     auto = gamma is None
     g = auto_gamma(x, t, AUTO_GAIN_CAP) if auto else float(gamma)
     tg = t.pow_(g).clamp_(auto_gain_floor(x) if auto else 0.0)
-    r = x / tg  # [C, H, W], stored channels-last like x, so the permute below copies nothing
+    r = x.div(tg)  # [C, H, W], stored channels-last like x, so the permute below copies nothing
     out = r.clamp_(0, 1).permute(1, 2, 0).cpu().numpy().reshape(img.shape)
+    del r
     h = auto_denoise(arr[..., 0] if arr.shape[2] == 1 else arr) if denoise is None else float(denoise)
     if h > 0:
-        tn = tg.pow_(1.0 / g).cpu().numpy()  # T again (floored in automatic mode)
+        tn = tg.pow_(1.0 / g).cpu().numpy()  # T again (floored in automatic mode), [H, W]
         tn = tn if out.ndim == 2 else tn[..., None]
-        # The paper's recombination: trust the raw estimate where light was plentiful.
-        out = out * tn + denoise_luma(out.reshape(out.shape[:2] + out.shape[2:3]).squeeze(), h).reshape(
-            out.shape) * (1.0 - tn)
+        den = denoise_luma(out, h, chroma=denoise is None and AUTO_CHROMA_DENOISE)
+        # The paper's recombination R * T + R_den * (1 - T) = R_den + (R - R_den) * T, in place:
+        # trust the raw estimate where light was plentiful.
+        out -= den
+        out *= tn
+        out += den
+        del den, tn
     if strength < 1.0:
-        out = strength * out + (1.0 - strength) * arr.reshape(img.shape)
+        out *= np.float32(strength)
+        out += np.float32(1.0 - strength) * arr.reshape(img.shape)
     out = np.clip(out, 0, 1, out=out) if out.dtype == np.float32 else np.clip(out, 0, 1).astype(np.float32)
     params = {"gamma": g, "alpha": alpha, "sigma": sigma, "eps": eps, "denoise": h,
               "strength": strength, **stats}

@@ -54,7 +54,7 @@ def test_guided_upsampling_keeps_edges() -> None:
 
 
 def test_auto_reduce_and_bad_values() -> None:
-    assert auto_reduce((512, 512)) == 1 and auto_reduce((1080, 1920)) == 2 and auto_reduce((2160, 3840)) == 4
+    assert auto_reduce((512, 512)) == 1 and auto_reduce((1080, 1920)) == 2 and auto_reduce((2160, 3840)) == 2 and auto_reduce((4320, 7680)) == 4
     img = _scene("camera", 64, 80)
     small, p = lime_enhance(img, gamma=0.8)  # below a megapixel: full resolution
     assert p["reduce"] == 1
