@@ -138,6 +138,31 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_settings(env_home, postgres_url, redis_url, monkeypatch):
+    """The settings of a migrated private PostgreSQL database and a private Redis database."""
+    monkeypatch.setenv("MEDGAN_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("MEDGAN_BROKER_URL", redis_url)
+    reset_settings()
+    from scheduler import migrate
+    from scheduler.settings import get_settings
+
+    migrate.upgrade(get_settings())
+    return get_settings()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_settings(request, env_home):
+    """Each test twice: on the embedded SQLite defaults, and on `pg_settings` (PostgreSQL + Redis)."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_settings")
+    from scheduler import migrate
+    from scheduler.settings import get_settings
+
+    migrate.upgrade(get_settings())
+    return get_settings()
+
+
+@pytest.fixture
 def s3_server() -> Iterator[dict[str, str]]:
     """moto's S3 over real HTTP on a free port, used through the real minio client."""
     from moto.server import ThreadedMotoServer

@@ -73,26 +73,27 @@ class SRTrainer:
             with self.acc.autocast():
                 logits = self.d(torch.cat([hr, sr])).float()
             adv = ragan_losses(logits[: self.batch], logits[self.batch:], for_generator=True)
-            l1 = F.l1_loss(sr.float(), hr)
-            loss_g = l1 + self.cfg.adv_weight * adv
-            out = {"loss_d": float(loss_d.detach()), "l1": float(l1.detach()), "adv": float(adv.detach())}
-            if self.vgg is not None:
-                perc = F.l1_loss(self.vgg(sr.float()), self.vgg(hr))
-                loss_g = loss_g + PERCEPTUAL_WEIGHT * perc
-                out["perceptual"] = float(perc.detach())
+            loss_g, out = self._content_loss(sr, hr)
+            loss_g = loss_g + self.cfg.adv_weight * adv
+            out.update(loss_d=float(loss_d.detach()), adv=float(adv.detach()))
             self.acc.backward(loss_g)
         self.opt_g.step()
         out["loss_g"] = float(loss_g.detach())
         return out
 
-    def _content_step(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
-        self.opt_g.zero_grad(set_to_none=True)
+    def _content_loss(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """L1 to the high-resolution tile, plus the perceptual term when a VGG is loaded; the logged parts."""
         l1 = F.l1_loss(sr.float(), hr)
-        loss_g, out = l1, {"l1": float(l1.detach())}
+        loss, out = l1, {"l1": float(l1.detach())}
         if self.vgg is not None:
             perc = F.l1_loss(self.vgg(sr.float()), self.vgg(hr))
-            loss_g = loss_g + PERCEPTUAL_WEIGHT * perc
+            loss = loss + PERCEPTUAL_WEIGHT * perc
             out["perceptual"] = float(perc.detach())
+        return loss, out
+
+    def _content_step(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g, out = self._content_loss(sr, hr)
         self.acc.backward(loss_g)
         self.opt_g.step()
         out["loss_g"] = float(loss_g.detach())

@@ -14,18 +14,11 @@ from sqlalchemy import func, select
 from scheduler import jobs as J
 from scheduler.db import Job, JobEvent, session_scope
 from scheduler.errors import SpecError
-from tests.conftest import reset_settings
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request, env_home):
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_settings")
-    from scheduler import migrate
-    from scheduler.settings import get_settings
-
-    migrate.upgrade(get_settings())
-    return get_settings()
+@pytest.fixture
+def settings(db_settings):
+    return db_settings
 
 
 def _count(settings, *where) -> int:
@@ -116,16 +109,6 @@ def test_idempotency_keys_across_and_within_batches(settings):
         assert len(sent) == 3  # the reused jobs were not sent again
 
 
-@pytest.fixture
-def pg_settings(env_home, postgres_url, redis_url, monkeypatch):
-    monkeypatch.setenv("MEDGAN_DATABASE_URL", postgres_url)
-    monkeypatch.setenv("MEDGAN_BROKER_URL", redis_url)
-    reset_settings()
-    from scheduler import migrate
-    from scheduler.settings import get_settings
-
-    migrate.upgrade(get_settings())
-    return get_settings()
 
 
 def test_racing_submissions_with_one_key_make_one_job(pg_settings):

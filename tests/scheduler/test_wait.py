@@ -12,22 +12,13 @@ import pytest
 from scheduler import jobs as J
 from scheduler.client import Client
 from scheduler.errors import NotFound
-from tests.conftest import reset_settings
 
 LONG_POLL = 20.0  # on PostgreSQL only the NOTIFY can end a wait this early
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request, env_home, monkeypatch):
-    if request.param == "postgres":
-        monkeypatch.setenv("MEDGAN_DATABASE_URL", request.getfixturevalue("postgres_url"))
-        monkeypatch.setenv("MEDGAN_BROKER_URL", request.getfixturevalue("redis_url"))
-        reset_settings()
-    from scheduler import migrate
-    from scheduler.settings import get_settings
-
-    migrate.upgrade(get_settings())
-    return get_settings()
+@pytest.fixture
+def settings(db_settings):
+    return db_settings
 
 
 def _poll(settings) -> float:

@@ -18,7 +18,6 @@ from scheduler import constants as C
 from scheduler import jobs as J
 from scheduler import states
 from scheduler.db import Job, JobEvent, Status, session_scope
-from tests.conftest import reset_settings
 from worker.app import handler_for
 from worker.gpus import Inventory
 from worker.runtime import JobRun, WorkerContext, execute_job
@@ -26,17 +25,9 @@ from worker.runtime import JobRun, WorkerContext, execute_job
 S = Status
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request, env_home, monkeypatch):
-    if request.param == "postgres":
-        monkeypatch.setenv("MEDGAN_DATABASE_URL", request.getfixturevalue("postgres_url"))
-        monkeypatch.setenv("MEDGAN_BROKER_URL", request.getfixturevalue("redis_url"))
-        reset_settings()
-    from scheduler import migrate
-    from scheduler.settings import get_settings
-
-    migrate.upgrade(get_settings())
-    return get_settings()
+@pytest.fixture
+def settings(db_settings):
+    return db_settings
 
 
 def _ctx(settings) -> WorkerContext:
