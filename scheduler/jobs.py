@@ -157,7 +157,7 @@ def _insert_all(settings: Settings, specs: Sequence[dict[str, Any]], keys: list[
                 first_of_key[key] = i
             top.append(len(rows))
             rows.extend(_rows_for(spec, children, settings, key, now))
-        if rows and len(rows) <= ONE_STATEMENT_ROWS and session.get_bind().dialect.name == "postgresql":
+        if rows and len(rows) <= ONE_STATEMENT_ROWS and states.one_statement_path(session):
             # A few rows: rows and events in ONE autocommitted statement (no BEGIN, no second INSERT, no COMMIT
             # round trip). What was read above was read; a key taken meanwhile collides here (IntegrityError).
             with autocommit(settings.db_url) as conn:

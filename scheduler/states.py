@@ -312,8 +312,8 @@ SELECT f.id, f.parent_id, (SELECT count(*) FROM notified) AS notified,
 
 def one_statement_path(conn_or_session: Any) -> bool:
     """Whether the one-statement claim/finish applies on this connection's database (PostgreSQL)."""
-    return conn_or_session.get_bind().dialect.name == "postgresql" if isinstance(conn_or_session, Session) \
-        else conn_or_session.dialect.name == "postgresql"
+    bind = conn_or_session.get_bind() if isinstance(conn_or_session, Session) else conn_or_session
+    return bind.dialect.name == "postgresql"
 
 
 def claim_cpu(conn: Connection, job_id: str, *, owner: str, lease_seconds: float) -> Job | None:
