@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import DateTime, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import JSON, DateTime, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
@@ -513,25 +513,48 @@ def _reading(settings: Settings) -> Iterator[Session]:
 
 
 def get_job(settings: Settings, job_id: str) -> dict[str, Any]:
+    """One job with its events, what its science read, its children per status (a fan-out parent) and its
+    place in the queue (QUEUED). The row, its events and its read counts are ONE query (`_job_read`): what
+    `Client.wait` reads at the end of every wait; a job named by prefix or name is resolved first."""
     with _reading(settings) as session:
-        job = resolve_id(session, job_id)
-        out = job_dict(job)
-        out["events"] = [
-            {"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "actor": e.actor, "reason": e.reason}
-            for e in job.events
-        ]
+        row = session.execute(_job_read(session.get_bind().dialect.name), {"id": str(job_id).strip()}).first()
+        if row is None:
+            ref = resolve_id(session, job_id).id
+            row = session.execute(_job_read(session.get_bind().dialect.name), {"id": ref}).one()
+        out = job_dict(row)
+        out["events"] = [{"at": _iso(e["at"]), "from": e["from"], "to": e["to"], "actor": e["actor"],
+                          "reason": e["reason"]} for e in sorted(row.events_ or [], key=lambda e: e["n"])]
         # Children per status; only a fan-out parent has any (one query fewer for every other job).
-        out["children"] = parent_progress(session, job.id)[2] if is_fanout_parent(job) else {}
-        out["read"] = _read_summary(session, job.id)
-        if job.status == S.QUEUED.value:
-            out["queue_position"], out["waiting_reason"] = queue_position(session, job)
+        out["children"] = parent_progress(session, row.id)[2] if is_fanout_parent(row) else {}
+        out["read"] = _read_summary([(m["name"], m["value"]) for m in sorted(row.read_ or [], key=lambda m: m["n"])])
+        if row.status == S.QUEUED.value:
+            out["queue_position"], out["waiting_reason"] = queue_position(session, row)
         return out
 
 
-def _read_summary(session: Session, job_id: str) -> dict[str, Any] | None:
-    """What the job's science read: files, images and files skipped by reason (metric rows `read.*`)."""
-    rows = session.execute(select(MetricPoint.name, MetricPoint.value).where(
-        MetricPoint.job_id == job_id, MetricPoint.name.like("read.%")).order_by(MetricPoint.id)).all()
+@functools.lru_cache(maxsize=4)
+def _job_read(dialect: str) -> Any:
+    """SELECT a job's row with its events and its `read.*` metric rows as two JSON arrays (json_agg on
+    PostgreSQL, json_group_array on SQLite), by exact id: one round trip instead of four ORM queries."""
+    agg, obj = ((func.json_agg, func.json_build_object) if dialect == "postgresql"
+                else (func.json_group_array, func.json_object))
+    events = select(agg(obj("n", JobEvent.id, "at", JobEvent.at, "from", JobEvent.from_status, "to",
+                            JobEvent.to_status, "actor", JobEvent.actor, "reason", JobEvent.reason), type_=JSON)) \
+        .where(JobEvent.job_id == Job.id).scalar_subquery()
+    read = select(agg(obj("n", MetricPoint.id, "name", MetricPoint.name, "value", MetricPoint.value), type_=JSON)) \
+        .where(MetricPoint.job_id == Job.id, MetricPoint.name.like("read.%")).scalar_subquery()
+    return select(Job.__table__, events.label("events_"), read.label("read_")).where(Job.id == bindparam("id"))
+
+
+def _iso(at: str) -> str:
+    """A timestamp from a JSON aggregate ('2026-01-31T08:00:00.5' on PostgreSQL, '2026-01-31 08:00:00.500000'
+    on SQLite) in the form every other time of a job dict has (`datetime.isoformat`)."""
+    return datetime.fromisoformat(at).isoformat()
+
+
+def _read_summary(rows: Sequence[tuple[str, float]]) -> dict[str, Any] | None:
+    """What the job's science read, from its metric rows `read.*` (name, value) in the order written: files,
+    images and files skipped by reason."""
     if not rows:
         return None
     out: dict[str, Any] = {"files_read": 0, "images": 0, "skipped": {}}
