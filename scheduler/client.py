@@ -234,7 +234,9 @@ class Client:
             c.submit("enhance", dataset="scans/dark/", config={"method": "lime"})
         """
         spec = self._upload_local([self._prepare(kind, config, fields)])[0]
-        return self._job(jobs.submit(self.settings, spec, idempotency_key=idempotency_key))
+        job = self._job(jobs.submit(self.settings, spec, idempotency_key=idempotency_key))
+        self._watch([job.id] if idempotency_key is None else [])
+        return job
 
     def run(self, command: str | Sequence[str], /, *, code: str | Path = ".", gpus: int = 0,
             data: str | Path | None = None, env: dict[str, str] | None = None,
@@ -299,7 +301,14 @@ class Client:
                 raise type(exc)(f"{where(i)}: {exc}") from None
             keys.append(req.get("idempotency_key"))
         made = jobs.submit_many(self.settings, self._upload_local(prepared), keys=keys, where=where)
+        self._watch([j["id"] for j, key in zip(made, keys) if key is None])
         return [self._job(j) for j in made]
+
+    def _watch(self, new_ids: list[str]) -> None:
+        """Jobs this call created (no idempotency key: none existed before) are committed after this client's
+        LISTEN, if it has one: their waiter needs no first read (`jobs.DoneListener.watch`)."""
+        if self._listener is not None and new_ids:
+            self._listener.watch(new_ids)
 
     def _upload_local(self, prepared: list[tuple[dict[str, Any], dict[str, Path]]]) -> list[dict[str, Any]]:
         """Upload the local paths named by validated specs, each file's header checked against its job's
@@ -400,9 +409,14 @@ class Client:
         or the full jobs when `on_progress` wants them) and sleep on the announcements until all have ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         listener = self._done_listener()
-        statuses = jobs.job_statuses(self.settings, refs)  # exact ids: one query for all of them
-        ids = [r if r in statuses else self.job(r).id for r in refs]  # prefixes, names: resolved once
-        fresh = all(r in statuses for r in refs)  # read just now: no second read in the first round
+        if listener is not None and listener.watching(refs):
+            # Submitted by this client after its LISTEN: their ends are announced to it, none is missed, and
+            # there is nothing to read before the first announcement.
+            ids, statuses, fresh = list(refs), {r: None for r in refs}, True
+        else:
+            statuses = jobs.job_statuses(self.settings, refs)  # exact ids: one query for all of them
+            ids = [r if r in statuses else self.job(r).id for r in refs]  # prefixes, names: resolved once
+            fresh = all(r in statuses for r in refs)  # read just now: no second read in the first round
         ended: set[str] = set()  # announced by the listener: their end is committed, no read needed
         while True:
             if on_progress is not None:
@@ -412,10 +426,14 @@ class Client:
             elif not fresh and not set(ids) <= ended:
                 statuses = jobs.job_statuses(self.settings, ids)
             fresh = False
-            waiting = [i for i in ids if Status(statuses[i]) not in TERMINAL and i not in ended]
+            waiting = [i for i in ids if i not in ended and (statuses[i] is None or Status(statuses[i]) not in TERMINAL)]
             if not waiting:
+                if listener is not None:
+                    listener.forget(ids)
                 return [self.job(i) for i in ids]
             if deadline is not None and time.monotonic() > deadline:
+                if any(statuses[i] is None for i in waiting):
+                    statuses = jobs.job_statuses(self.settings, ids)
                 raise TimeoutError(f"job {waiting[0]} still {statuses[waiting[0]]} after {timeout}s" if len(ids) == 1
                                    else f"{len(waiting)} job(s) still going after {timeout}s: "
                                    + ", ".join(f"{i} {statuses[i]}" for i in waiting[:10]))

@@ -367,7 +367,13 @@ def job_statuses(settings: Settings, job_ids: Sequence[str]) -> dict[str, str]:
 class DoneListener:
     """LISTEN on `states.DONE_CHANNEL` over a psycopg connection of its own (PostgreSQL): every job that reaches
     a terminal status is announced there at its commit, so a waiter wakes at once instead of at its next poll.
-    Announcements that arrive while nobody waits are kept by the connection and seen by the next `wait`."""
+
+    A job committed after the LISTEN (`watch`: what this client submitted since) is certain to be announced
+    here when it ends, so a waiter needs no first read of its status (`watching`); the announcements of
+    watched jobs are kept until a wait takes them. Others are announced too, but one that ended before the
+    LISTEN is not: a waiter reads their status first."""
+
+    WATCH_MAX = 100_000  # watched ids kept; past that the set starts again (their waiters then read first)
 
     def __init__(self, db_url: str):
         import psycopg
@@ -375,21 +381,47 @@ class DoneListener:
         url = make_url(db_url).set(drivername="postgresql")
         self._conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
         self._conn.execute(f"LISTEN {states.DONE_CHANNEL}")
+        self._watched: set[str] = set()
+        self._ended: set[str] = set()  # watched jobs announced and not yet taken by a wait
+
+    def watch(self, job_ids: Iterable[str]) -> None:
+        """Jobs whose row was committed after this listener's LISTEN (new submissions)."""
+        ids = list(job_ids)
+        if len(self._watched) + len(ids) > self.WATCH_MAX:
+            self._watched.clear()
+            self._ended.clear()
+        self._watched.update(ids)
+
+    def watching(self, job_ids: Iterable[str]) -> bool:
+        """Whether the end of every one of these jobs will be (or was) announced to this listener."""
+        return all(i in self._watched for i in job_ids)
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """A waiter has these jobs' end: stop keeping them."""
+        for i in job_ids:
+            self._watched.discard(i)
+            self._ended.discard(i)
 
     def wait(self, job_ids: set[str], timeout: float) -> set[str]:
         """Block until one of `job_ids` is announced or `timeout` seconds pass; returns those of `job_ids`
-        announced so far (empty on a timeout)."""
+        announced so far (empty on a timeout), earlier announcements of watched jobs included."""
+        seen = self._ended & job_ids
         deadline = time.monotonic() + timeout
-        seen: set[str] = set()
         while not seen and (left := deadline - time.monotonic()) > 0:
             for note in self._conn.notifies(timeout=left):
-                if note.payload in job_ids:
-                    seen.add(note.payload)
+                if self._note(note.payload, job_ids, seen):
                     break
         for note in self._conn.notifies(timeout=0):  # the others already waiting in the connection
-            if note.payload in job_ids:
-                seen.add(note.payload)
+            self._note(note.payload, job_ids, seen)
         return seen
+
+    def _note(self, job_id: str, job_ids: set[str], seen: set[str]) -> bool:
+        if job_id in self._watched:
+            self._ended.add(job_id)
+        if job_id in job_ids:
+            seen.add(job_id)
+            return True
+        return False
 
     def close(self) -> None:
         self._conn.close()

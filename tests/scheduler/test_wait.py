@@ -73,3 +73,59 @@ def test_wait_times_out_and_names_the_job_and_refuses_an_unknown_one(settings):
     assert time.monotonic() - t0 < 5.0
     with pytest.raises(NotFound):
         client.wait("nosuchjob", timeout=1)
+
+
+def _run_now(settings, job_id: str) -> None:
+    from worker.app import handler_for
+    from worker.gpus import Inventory
+    from worker.runtime import WorkerContext, execute_job
+
+    assert execute_job(WorkerContext.create(settings, Inventory(host="h", cards=())), job_id,
+                       handler_for("noop")) == "SUCCEEDED"
+
+
+def test_a_job_submitted_after_the_listen_is_waited_for_without_a_first_read(settings, monkeypatch):
+    """Once a client listens, what it submits is announced to it when it ends, even while it waits for
+    something else or for nothing: those waits return at the announcement (on PostgreSQL long before the
+    20 s poll), and need no status read before it (the announcement is the only way they can see the end)."""
+    client = Client(settings)
+    warm = client.submit("noop")["id"]
+    J.cancel(settings, warm)
+    client.wait(warm, timeout=10, poll=_poll(settings))  # the listener exists from here on (PostgreSQL)
+    a, b = client.submit("noop")["id"], client.submit("noop")["id"]
+    _run_now(settings, b)  # b ends while nobody waits
+    reads: list[list[str]] = []
+    real = J.job_statuses
+    monkeypatch.setattr(J, "job_statuses", lambda s, ids: reads.append(list(ids)) or real(s, ids))
+    t = _later(0.3, lambda: _run_now(settings, a))
+    t0 = time.monotonic()
+    assert client.wait(a, timeout=60, poll=_poll(settings)).status == "SUCCEEDED"  # b's end is announced meanwhile
+    assert client.wait(b, timeout=60, poll=_poll(settings)).status == "SUCCEEDED"
+    took = time.monotonic() - t0
+    t.join()
+    assert 0.25 < took < 5.0, took
+    if settings.db_url.startswith("postgresql"):
+        assert reads == []  # both were watched: no first read, no poll
+    else:
+        assert reads  # SQLite polls
+
+
+def test_a_keyed_resubmission_of_an_old_job_is_read_not_awaited(settings):
+    """An idempotency key that names a job made before the client listened returns that job, which may have
+    ended already (its announcement long gone): the wait reads it instead of waiting for an announcement."""
+    old = Client(settings)
+    first = old.submit("noop", idempotency_key="k-old")["id"]
+    _run_now(settings, first)
+    client = Client(settings)
+    warm = client.submit("noop")["id"]
+    J.cancel(settings, warm)
+    client.wait(warm, timeout=10, poll=_poll(settings))  # listening from here on
+    again = client.submit("noop", idempotency_key="k-old")
+    assert again["id"] == first and again["status"] == "SUCCEEDED"
+    t0 = time.monotonic()
+    assert client.wait(first, timeout=60, poll=LONG_POLL).status == "SUCCEEDED"
+    assert time.monotonic() - t0 < 5.0  # read at once, not after a 20 s poll
+    many = client.submit_many([{"kind": "noop", "idempotency_key": "k-old"}])
+    assert many[0].id == first
+    assert client.wait_all([first], timeout=60, poll=LONG_POLL)[0].status == "SUCCEEDED"
+    assert time.monotonic() - t0 < 5.0
