@@ -11,7 +11,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from sqlalchemy import (
     JSON,
@@ -32,7 +32,7 @@ from sqlalchemy import (
     true as sa_true,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from scheduler import constants as C
@@ -269,6 +269,33 @@ def _autocommit_engine(url: str, durable: bool) -> Engine:
                    f"{int(C.DB_IDLE_IN_TRANSACTION_SECONDS * 1000)}"})
     _ping_when_idle(engine)
     return engine
+
+
+def driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Run one PostgreSQL statement (psycopg's `%(name)s` parameters) straight on the pooled connection's
+    driver and return its rows as dicts: for the few statements every job pays (its claim, its finish, a
+    one-job submission), where SQLAlchemy's execution around the driver costs about as much CPU as the round
+    trip itself (`python -m bench.run --only platform`). `before_cursor_execute` listeners still see the
+    statement; an error comes back as SQLAlchemy's (a lost connection invalidated first), so callers handle
+    it like any other."""
+    import psycopg
+
+    raw = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cursor:
+            for listener in conn.dispatch.before_cursor_execute:
+                listener(conn, cursor, sql, params, None, False)
+            cursor.execute(sql, params)
+            if cursor.description is None:
+                return []
+            names = [c.name for c in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+    except psycopg.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, raw, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, params, exc, psycopg.Error, connection_invalidated=lost,
+                                  dialect=conn.dialect) from exc
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import JSON, DateTime, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import JSON, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
@@ -26,8 +26,8 @@ from scheduler import constants as C
 from scheduler import states
 from scheduler.broker import make_celery, queue_depths, queue_for, send_jobs
 from scheduler.db import (
-    Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, autocommit, get_engine, new_id, read_scope, session_scope,
-    utcnow,
+    Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, autocommit, driver_rows, get_engine, new_id, read_scope,
+    session_scope, utcnow,
 )
 from scheduler.fanout import is_fanout_parent, parent_progress, plan_children, plan_sweep, retry_failed_children
 from scheduler.policy import host_cards
@@ -179,24 +179,27 @@ ONE_STATEMENT_ROWS = 500  # up to this many rows (x ~30 columns, under PostgreSQ
 
 
 def _insert_with_events(conn: Any, rows: list[dict[str, Any]], now: datetime) -> None:
-    """INSERT the rows and, from what it returns, their "submitted" events: one statement (PostgreSQL)."""
-    params = {f"{k}_{i}": v for i, row in enumerate(rows) for k, v in row.items()}
+    """INSERT the rows and, from what it returns, their "submitted" events: one statement (PostgreSQL), run on
+    the driver (`driver_rows`), JSON columns passed as JSON."""
+    from psycopg.types.json import Json
+
+    columns = tuple(rows[0])
+    params = {f"{k}_{i}": Json(v) if k in _JSON_COLUMNS else v for i, row in enumerate(rows) for k, v in row.items()}
     params["submitted_at"] = now
-    conn.execute(_insert_statement(len(rows), tuple(rows[0])), params)
+    driver_rows(conn, _insert_statement(len(rows), columns), params)
+
+
+_JSON_COLUMNS = frozenset(c.key for c in Job.__table__.columns if isinstance(c.type, JSON))
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_statement(n: int, columns: tuple[str, ...]) -> Any:
-    """The statement of `_insert_with_events` for n rows, with named, typed parameters (`col_i`): built once
-    per n as text, so SQLAlchemy compiles it once (a multi-row VALUES construct is compiled at every call,
-    5 ms a submission)."""
-    table = Job.__table__
-    rows = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(n))
-    sql = (f"WITH made AS (INSERT INTO jobs ({', '.join(columns)}) VALUES {rows} RETURNING id, status, owner) "
-           f"INSERT INTO job_events (job_id, from_status, to_status, actor, reason, at) "
-           f"SELECT id, NULL, status, owner, 'submitted', CAST(:submitted_at AS timestamp) FROM made")
-    return text(sql).bindparams(*[bindparam(f"{c}_{i}", type_=table.c[c].type) for i in range(n) for c in columns],
-                                bindparam("submitted_at", type_=DateTime))
+def _insert_statement(n: int, columns: tuple[str, ...]) -> str:
+    """The statement of `_insert_with_events` for n rows, with named parameters (`col_i`), built once per n
+    (a multi-row VALUES construct compiled by SQLAlchemy at every call cost 5 ms a submission)."""
+    rows = ", ".join("(" + ", ".join(f"%({c}_{i})s" for c in columns) + ")" for i in range(n))
+    return (f"WITH made AS (INSERT INTO jobs ({', '.join(columns)}) VALUES {rows} RETURNING id, status, owner) "
+            f"INSERT INTO job_events (job_id, from_status, to_status, actor, reason, at) "
+            f"SELECT id, NULL, status, owner, 'submitted', CAST(%(submitted_at)s AS timestamp) FROM made")
 
 
 def _jobs_by_key(session: Session, keys: list[str]) -> dict[str, Job]:

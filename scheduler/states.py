@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from scheduler import constants as C
-from scheduler.db import GpuLease, Job, JobEvent, Status, utcnow
+from scheduler.db import GpuLease, Job, JobEvent, Status, driver_rows, utcnow
 from scheduler.errors import IllegalTransition
 
 S = Status
@@ -268,46 +268,46 @@ def requeue_expired(session: Session, now: datetime, *, actor: str,
 DONE_CHANNEL = "medgan_job_done"  # NOTIFY channel: the payload is the id of a job that reached a terminal status
 
 _EVENT = "INSERT INTO job_events (job_id, from_status, to_status, actor, reason, at) "
-CLAIM_CPU_SQL = text(f"""
+CLAIM_CPU_SQL = f"""
 WITH claimed AS (
-    UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = :now, lease_owner = :owner, lease_expires_at = :expires,
-           started_at = :now, attempt = attempt + 1, fence = fence + 1, message = NULL
-     WHERE id = :job_id AND status = '{S.QUEUED.value}' AND gpus = 0
+    UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = %(now)s, lease_owner = %(owner)s, lease_expires_at = %(expires)s,
+           started_at = %(now)s, attempt = attempt + 1, fence = fence + 1, message = NULL
+     WHERE id = %(job_id)s AND status = '{S.QUEUED.value}' AND gpus = 0
     RETURNING *
 ), claim_event AS (
-    {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(:owner AS varchar), NULL, CAST(:now AS timestamp)
+    {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(%(owner)s AS varchar), NULL, CAST(%(now)s AS timestamp)
       FROM claimed
 ), parent AS (
-    UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = :now, started_at = :now, message = NULL
+    UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = %(now)s, started_at = %(now)s, message = NULL
      WHERE id = (SELECT parent_id FROM claimed) AND status = '{S.QUEUED.value}'
     RETURNING id
 ), parent_event AS (
-    {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(:owner AS varchar), 'first shard started',
-           CAST(:now AS timestamp) FROM parent
+    {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(%(owner)s AS varchar), 'first shard started',
+           CAST(%(now)s AS timestamp) FROM parent
 )
 SELECT * FROM claimed
-""")
+"""
 
 # The dependents' read (d.status, json_array_length) is what the partial index ix_jobs_waiting_dependents
 # (migration 0004) holds: the few queued jobs that wait for others.
-FINISH_CPU_SQL = text(f"""
+FINISH_CPU_SQL = f"""
 WITH finished AS (
-    UPDATE jobs SET status = CAST(:to AS varchar), updated_at = :now, finished_at = :now, lease_owner = NULL,
-           lease_expires_at = NULL, progress = COALESCE(CAST(:progress AS float8), progress),
-           message = COALESCE(CAST(:message AS text), message)
-     WHERE id = :job_id AND status = '{S.RUNNING.value}' AND lease_owner = :owner AND fence = :fence
+    UPDATE jobs SET status = CAST(%(to)s AS varchar), updated_at = %(now)s, finished_at = %(now)s, lease_owner = NULL,
+           lease_expires_at = NULL, progress = COALESCE(CAST(%(progress)s AS float8), progress),
+           message = COALESCE(CAST(%(message)s AS text), message)
+     WHERE id = %(job_id)s AND status = '{S.RUNNING.value}' AND lease_owner = %(owner)s AND fence = %(fence)s
     RETURNING id, parent_id
 ), finish_event AS (
-    {_EVENT}SELECT id, '{S.RUNNING.value}', CAST(:to AS varchar), CAST(:owner AS varchar), CAST(:reason AS text),
-           CAST(:now AS timestamp) FROM finished
+    {_EVENT}SELECT id, '{S.RUNNING.value}', CAST(%(to)s AS varchar), CAST(%(owner)s AS varchar), CAST(%(reason)s AS text),
+           CAST(%(now)s AS timestamp) FROM finished
 ), notified AS (
     SELECT pg_notify('{DONE_CHANNEL}', id) FROM finished
 )
 SELECT f.id, f.parent_id, (SELECT count(*) FROM notified) AS notified,
        ARRAY(SELECT d.id FROM jobs d WHERE d.status = '{S.QUEUED.value}' AND json_array_length(d.depends_on) > 0
-              AND CAST(d.depends_on AS jsonb) ? CAST(:job_id AS text) ORDER BY d.id) AS dependents
+              AND CAST(d.depends_on AS jsonb) ? CAST(%(job_id)s AS text) ORDER BY d.id) AS dependents
   FROM finished f
-""")
+"""
 
 
 def one_statement_path(conn_or_session: Any) -> bool:
@@ -322,9 +322,9 @@ def claim_cpu(conn: Connection, job_id: str, *, owner: str, lease_seconds: float
     nothing matched: not there, not QUEUED, or it needs cards (the caller takes the general `claim` path,
     which tells these apart)."""
     now = utcnow()
-    row = conn.execute(CLAIM_CPU_SQL, {"job_id": job_id, "owner": owner, "now": now,
-                                       "expires": now + timedelta(seconds=lease_seconds)}).mappings().first()
-    return Job(**row) if row is not None else None
+    rows = driver_rows(conn, CLAIM_CPU_SQL, {"job_id": job_id, "owner": owner, "now": now,
+                                             "expires": now + timedelta(seconds=lease_seconds)})
+    return Job(**rows[0]) if rows else None
 
 
 def finish_cpu(conn: Connection, job_id: str, to: Status, *, owner: str, fence: int,
@@ -339,10 +339,10 @@ def finish_cpu(conn: Connection, job_id: str, to: Status, *, owner: str, fence: 
     if not to.terminal:
         raise IllegalTransition(f"finish_cpu ends a job; {to.value} is not terminal")
     message = reason if reason is not None and to in (S.FAILED, S.CANCELLED) else None
-    row = conn.execute(FINISH_CPU_SQL, {
+    rows = driver_rows(conn, FINISH_CPU_SQL, {
         "job_id": job_id, "to": to.value, "owner": owner, "fence": fence, "now": utcnow(), "reason": reason,
-        "message": message, "progress": 1.0 if to is S.SUCCEEDED else None}).first()
-    return None if row is None else (row.parent_id, list(row.dependents or []))
+        "message": message, "progress": 1.0 if to is S.SUCCEEDED else None})
+    return (rows[0]["parent_id"], list(rows[0]["dependents"] or [])) if rows else None
 
 
 def notify_done(session: Session, job_id: str) -> None:

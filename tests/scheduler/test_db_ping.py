@@ -46,3 +46,34 @@ def test_a_connection_dropped_while_idle_is_replaced_and_a_fresh_one_is_not_ping
         assert _pooled_backend(engine) != pid
     get_engine.cache_clear()
     engine.dispose()
+
+
+def test_a_driver_statement_fails_as_sqlalchemy_does_and_a_lost_connection_is_replaced(postgres_url, monkeypatch):
+    """`driver_rows` (the claim's, the finish's and a submission's statement, run on psycopg itself) raises
+    SQLAlchemy's errors, not psycopg's, so the callers' handling (the claim's retry, the submission's key
+    collision) still applies; a connection the server dropped is invalidated and the next checkout is fresh,
+    exactly as a statement run through SQLAlchemy (the control) does."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    from scheduler.db import autocommit, driver_rows
+
+    get_engine.cache_clear()
+    monkeypatch.setattr(C, "DB_PING_IDLE_SECONDS", 3600.0)  # no ping: the dropped connection is handed out
+    with autocommit(postgres_url) as conn:
+        assert driver_rows(conn, "SELECT %(a)s::int + 1 AS b, 'x' AS c", {"a": 1}) == [{"b": 2, "c": "x"}]
+        assert driver_rows(conn, "CREATE TEMP TABLE t (k int PRIMARY KEY)", {}) == []
+        driver_rows(conn, "INSERT INTO t VALUES (%(k)s)", {"k": 1})
+        with pytest.raises(IntegrityError):
+            driver_rows(conn, "INSERT INTO t VALUES (%(k)s)", {"k": 1})
+        with pytest.raises(ProgrammingError):
+            driver_rows(conn, "SELECT no_such_column FROM t", {})
+        pid = driver_rows(conn, "SELECT pg_backend_pid() AS pid", {})[0]["pid"]
+    _drop_server_side(postgres_url, pid)
+    time.sleep(0.2)
+    with autocommit(postgres_url) as conn:
+        with pytest.raises(OperationalError) as caught:
+            driver_rows(conn, "SELECT 1 AS one", {})
+        assert caught.value.connection_invalidated
+    with autocommit(postgres_url) as conn:
+        assert driver_rows(conn, "SELECT pg_backend_pid() AS pid", {})[0]["pid"] != pid
+    get_engine.cache_clear()
