@@ -26,8 +26,8 @@ from scheduler import constants as C
 from scheduler import states
 from scheduler.broker import make_celery, queue_depths, queue_for, send_jobs
 from scheduler.db import (
-    Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, autocommit, driver_rows, get_engine, new_id, read_scope,
-    session_scope, utcnow,
+    Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, autocommit, driver_rows, fetch, get_engine, new_id,
+    read_scope, session_scope, utcnow,
 )
 from scheduler.fanout import is_fanout_parent, parent_progress, plan_children, plan_sweep, retry_failed_children
 from scheduler.policy import host_cards
@@ -552,10 +552,11 @@ def get_job(settings: Settings, job_id: str) -> dict[str, Any]:
     place in the queue (QUEUED). The row, its events and its read counts are ONE query (`_job_read`): what
     `Client.wait` reads at the end of every wait; a job named by prefix or name is resolved first."""
     with _reading(settings) as session:
-        row = session.execute(_job_read(session.get_bind().dialect.name), {"id": str(job_id).strip()}).first()
-        if row is None:
-            ref = resolve_id(session, job_id).id
-            row = session.execute(_job_read(session.get_bind().dialect.name), {"id": ref}).one()
+        conn = session.connection()
+        statement = _job_read(conn.dialect.name)
+        found = fetch(conn, statement, {"id": str(job_id).strip()}) or fetch(
+            conn, statement, {"id": resolve_id(session, job_id).id})
+        row = SimpleNamespace(**found[0])
         out = job_dict(row)
         out["events"] = [{"at": _iso(e["at"]), "from": e["from"], "to": e["to"], "actor": e["actor"],
                           "reason": e["reason"]} for e in sorted(row.events_ or [], key=lambda e: e["n"])]
