@@ -428,9 +428,16 @@ class Client:
             fresh = False
             waiting = [i for i in ids if i not in ended and (statuses[i] is None or Status(statuses[i]) not in TERMINAL)]
             if not waiting:
+                done = [self.job(i) for i in ids]
+                # An end announced earlier may have been undone since (a retry re-queued the job): wait on.
+                again = {j.id for j in done if not j.done}
                 if listener is not None:
                     listener.forget(ids)
-                return [self.job(i) for i in ids]
+                if not again:
+                    return done
+                ended -= again
+                statuses, fresh = {j.id: j.status for j in done}, True
+                continue
             if deadline is not None and time.monotonic() > deadline:
                 if any(statuses[i] is None for i in waiting):
                     statuses = jobs.job_statuses(self.settings, ids)

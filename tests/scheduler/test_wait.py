@@ -129,3 +129,20 @@ def test_a_keyed_resubmission_of_an_old_job_is_read_not_awaited(settings):
     assert many[0].id == first
     assert client.wait_all([first], timeout=60, poll=LONG_POLL)[0].status == "SUCCEEDED"
     assert time.monotonic() - t0 < 5.0
+
+
+def test_an_end_announced_before_a_retry_does_not_end_the_wait_for_the_retried_job(settings):
+    """A watched job fails while nobody waits (its end is announced and kept), is retried, and only then
+    waited for: the wait returns the retried attempt's end, not the QUEUED job the stale announcement names."""
+    client = Client(settings)
+    warm = client.submit("noop")["id"]
+    J.cancel(settings, warm)
+    client.wait(warm, timeout=10, poll=_poll(settings))  # listening from here on (PostgreSQL)
+    job_id = client.submit("noop")["id"]
+    J.cancel(settings, job_id)  # ends while nobody waits: announced
+    time.sleep(0.2)
+    assert client.retry(job_id).status == "QUEUED"
+    t = _later(0.3, lambda: _run_now(settings, job_id))
+    job = client.wait(job_id, timeout=60, poll=_poll(settings))
+    t.join()
+    assert job.status == "SUCCEEDED", job.status
