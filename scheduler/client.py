@@ -428,7 +428,7 @@ class Client:
             fresh = False
             waiting = [i for i in ids if i not in ended and (statuses[i] is None or Status(statuses[i]) not in TERMINAL)]
             if not waiting:
-                done = [self.job(i) for i in ids]
+                done = [self._final(i) for i in ids]
                 # An end announced earlier may have been undone since (a retry re-queued the job): wait on.
                 again = {j.id for j in done if not j.done}
                 if listener is not None:
@@ -450,8 +450,28 @@ class Client:
                     ended |= listener.wait(set(waiting), nap)
                     continue
             except Exception:  # noqa: BLE001 - the database went away: poll (the next wait listens again)
-                listener, self._listener, self._listening = None, None, False
+                listener = None
+                self._drop_listener()
             time.sleep(nap)
+
+    def _final(self, job_id: str) -> Job:
+        """The job as a wait returns it: read on the LISTEN connection that announced its end, else (SQLite,
+        or that connection lost) as `job` reads it."""
+        if self._listener is not None:
+            try:
+                return self._job(jobs.get_job(self.settings, job_id, conn=self._listener.connection))
+            except NotFound:
+                raise
+            except Exception:  # noqa: BLE001 - the database went away: a pooled connection says how
+                self._drop_listener()
+        return self.job(job_id)
+
+    def _drop_listener(self) -> None:
+        listener, self._listener, self._listening = self._listener, None, False
+        try:
+            listener.close()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
     def _done_listener(self):  # noqa: ANN202 - a jobs.DoneListener or None
         """This client's LISTEN connection (made on the first wait, kept for the next ones)."""

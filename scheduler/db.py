@@ -286,9 +286,10 @@ def driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[d
             for listener in conn.dispatch.before_cursor_execute:
                 listener(conn, cursor, sql, params, None, False)
             cursor.execute(sql, params)
-            if cursor.description is None:
+            columns = cursor.description  # built at every access: once
+            if columns is None:
                 return []
-            names = [c.name for c in cursor.description]
+            names = [c.name for c in columns]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
     except psycopg.Error as exc:
         lost = conn.dialect.is_disconnect(exc, raw, None)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import JSON, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
@@ -368,21 +368,25 @@ def job_statuses(settings: Settings, job_ids: Sequence[str]) -> dict[str, str]:
 
 
 class DoneListener:
-    """LISTEN on `states.DONE_CHANNEL` over a psycopg connection of its own (PostgreSQL): every job that reaches
-    a terminal status is announced there at its commit, so a waiter wakes at once instead of at its next poll.
+    """LISTEN on `states.DONE_CHANNEL` over a connection of its own (PostgreSQL): every job that reaches a
+    terminal status is announced there at its commit, so a waiter wakes at once instead of at its next poll.
+    The waiter then reads the job on the same connection (`connection`, autocommit), whose server process
+    has just sent the announcement.
 
     A job committed after the LISTEN (`watch`: what this client submitted since) is certain to be announced
     here when it ends, so a waiter needs no first read of its status (`watching`); the announcements of
-    watched jobs are kept until a wait takes them. Others are announced too, but one that ended before the
-    LISTEN is not: a waiter reads their status first."""
+    watched jobs are kept until a wait takes them (psycopg keeps those that arrive during a read). Others
+    are announced too, but one that ended before the LISTEN is not: a waiter reads their status first."""
 
     WATCH_MAX = 100_000  # watched ids kept; past that the set starts again (their waiters then read first)
 
     def __init__(self, db_url: str):
-        import psycopg
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
 
-        url = make_url(db_url).set(drivername="postgresql")
-        self._conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        self._engine = create_engine(db_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        self.connection: Connection = self._engine.connect()
+        self._conn = self.connection.connection.driver_connection  # psycopg's, for LISTEN and its notifies
         self._conn.execute(f"LISTEN {states.DONE_CHANNEL}")
         self._watched: set[str] = set()
         self._ended: set[str] = set()  # watched jobs announced and not yet taken by a wait
@@ -427,7 +431,8 @@ class DoneListener:
         return False
 
     def close(self) -> None:
-        self._conn.close()
+        self.connection.close()
+        self._engine.dispose()
 
 
 def done_listener(settings: Settings) -> DoneListener | None:
@@ -535,9 +540,14 @@ def resolve_id(session: Session, ref: str) -> Job:
 
 
 @contextmanager
-def _reading(settings: Settings) -> Iterator[Session]:
-    """A read-only session (`read_scope`: no transaction round trips). The database is checked only when a
-    query fails, to say why in one line (`check_database`): two round trips fewer on every read."""
+def _reading(settings: Settings, conn: Connection | None = None) -> Iterator[Session]:
+    """A read-only session (`read_scope`: no transaction round trips), or one on `conn` (an autocommit
+    connection the caller holds). The database is checked only when a query fails, to say why in one line
+    (`check_database`): two round trips fewer on every read."""
+    if conn is not None:
+        with Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+        return
     _check_sqlite_file(settings)  # a session would create the file
     try:
         with read_scope(settings.db_url) as session:
@@ -547,11 +557,13 @@ def _reading(settings: Settings) -> Iterator[Session]:
         raise
 
 
-def get_job(settings: Settings, job_id: str) -> dict[str, Any]:
+def get_job(settings: Settings, job_id: str, *, conn: Connection | None = None) -> dict[str, Any]:
     """One job with its events, what its science read, its children per status (a fan-out parent) and its
     place in the queue (QUEUED). The row, its events and its read counts are ONE query (`_job_read`): what
-    `Client.wait` reads at the end of every wait; a job named by prefix or name is resolved first."""
-    with _reading(settings) as session:
+    `Client.wait` reads at the end of every wait (on its LISTEN connection, `conn`, awake from the
+    announcement: no pooled connection and no sleeping server process to wake); a job named by prefix or
+    name is resolved first."""
+    with _reading(settings, conn) as session:
         conn = session.connection()
         statement = _job_read(conn.dialect.name)
         found = fetch(conn, statement, {"id": str(job_id).strip()}) or fetch(
