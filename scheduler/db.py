@@ -225,7 +225,7 @@ def get_engine(url: str) -> Engine:
         # A frozen process (SIGSTOP, a stall) inside a transaction would hold its row locks, and block the
         # sweeper's requeue of its job, for as long as it stays frozen: the server ends such a session.
         idle_ms = int(C.DB_IDLE_IN_TRANSACTION_SECONDS * 1000)
-        engine = create_engine(url, pool_size=5, max_overflow=5,
+        engine = create_engine(url, pool_size=5, max_overflow=5, pool_use_lifo=True,
                                connect_args={"options": f"-c idle_in_transaction_session_timeout={idle_ms}"})
         _ping_when_idle(engine)
     return engine
@@ -264,9 +264,9 @@ def _autocommit_engine(url: str, durable: bool) -> Engine:
     # A pool of its own whose sessions commit without waiting for the WAL flush (PostgreSQL's asynchronous
     # commit): atomic and visible at once like any commit; only a crash of the database server itself can
     # lose the last few hundred ms of them.
-    engine = create_engine(url, pool_size=2, max_overflow=3, isolation_level="AUTOCOMMIT", connect_args={
-        "options": f"-c synchronous_commit=off -c idle_in_transaction_session_timeout="
-                   f"{int(C.DB_IDLE_IN_TRANSACTION_SECONDS * 1000)}"})
+    engine = create_engine(url, pool_size=2, max_overflow=3, pool_use_lifo=True, isolation_level="AUTOCOMMIT",
+                           connect_args={"options": f"-c synchronous_commit=off -c idle_in_transaction_session_timeout="
+                                                    f"{int(C.DB_IDLE_IN_TRANSACTION_SECONDS * 1000)}"})
     _ping_when_idle(engine)
     return engine
 
