@@ -87,9 +87,16 @@ def _validated_one(session: Session, spec_data: dict[str, Any]) -> AnySpec:
 
 
 def _check_sqlite_file(settings: Settings) -> None:
-    url = make_url(settings.db_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        raise DatabaseUnavailable(f"database {url.database} does not exist: run `medgan db upgrade`")
+    path = _sqlite_file(settings.db_url)
+    if path is not None and not Path(path).exists():
+        raise DatabaseUnavailable(f"database {path} does not exist: run `medgan db upgrade`")
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_file(db_url: str) -> str | None:
+    """The file of a SQLite URL (None for another database, or SQLite in memory); parsed once per URL."""
+    url = make_url(db_url)
+    return url.database or None if url.get_backend_name() == "sqlite" else None
 
 
 def submit(settings: Settings, spec_data: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:

@@ -268,12 +268,15 @@ def requeue_expired(session: Session, now: datetime, *, actor: str,
 DONE_CHANNEL = "medgan_job_done"  # NOTIFY channel: the payload is the id of a job that reached a terminal status
 
 _EVENT = "INSERT INTO job_events (job_id, from_status, to_status, actor, reason, at) "
+# What a run needs of its claimed row (worker.runtime.JobRun): the one-statement claim returns only these.
+CLAIMED_COLUMNS = ("id", "kind", "status", "attempt", "fence", "spec", "parent_id", "shard_index", "lease_owner",
+                   "lease_expires_at", "started_at")
 CLAIM_CPU_SQL = f"""
 WITH claimed AS (
     UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = %(now)s, lease_owner = %(owner)s, lease_expires_at = %(expires)s,
            started_at = %(now)s, attempt = attempt + 1, fence = fence + 1, message = NULL
      WHERE id = %(job_id)s AND status = '{S.QUEUED.value}' AND gpus = 0
-    RETURNING *
+    RETURNING {", ".join(CLAIMED_COLUMNS)}
 ), claim_event AS (
     {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(%(owner)s AS varchar), NULL, CAST(%(now)s AS timestamp)
       FROM claimed
@@ -318,7 +321,8 @@ def one_statement_path(conn_or_session: Any) -> bool:
 
 def claim_cpu(conn: Connection, job_id: str, *, owner: str, lease_seconds: float) -> Job | None:
     """QUEUED → RUNNING for a job that needs no card, its event and (a fan-out shard's) parent's start, in ONE
-    statement on an autocommit connection (PostgreSQL). Returns the claimed row as a detached Job, or None when
+    statement on an autocommit connection (PostgreSQL). Returns the claimed row as a detached Job with the
+    columns a run needs (CLAIMED_COLUMNS; the others are not loaded), or None when
     nothing matched: not there, not QUEUED, or it needs cards (the caller takes the general `claim` path,
     which tells these apart)."""
     now = utcnow()
