@@ -457,9 +457,11 @@ class Client:
     def _final(self, job_id: str) -> Job:
         """The job as a wait returns it: read on the LISTEN connection that announced its end, else (SQLite,
         or that connection lost) as `job` reads it."""
-        if self._listener is not None:
+        listener = self._listener
+        if listener is not None:
             try:
-                return self._job(jobs.get_job(self.settings, job_id, conn=self._listener.connection))
+                with listener.lock:
+                    return self._job(jobs.get_job(self.settings, job_id, conn=listener.connection))
             except NotFound:
                 raise
             except Exception:  # noqa: BLE001 - the database went away: a pooled connection says how

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -397,41 +398,59 @@ class DoneListener:
         self._conn.execute(f"LISTEN {states.DONE_CHANNEL}")
         self._watched: set[str] = set()
         self._ended: set[str] = set()  # watched jobs announced and not yet taken by a wait
+        # One thread at a time uses the connection (several threads may wait through one Client): the others
+        # queue here; what the holder receives for them is kept (watched) or found by their next status read.
+        self.lock = threading.RLock()
+        self._state = threading.Lock()  # the two sets, changed by submitting threads too
 
     def watch(self, job_ids: Iterable[str]) -> None:
         """Jobs whose row was committed after this listener's LISTEN (new submissions)."""
         ids = list(job_ids)
-        if len(self._watched) + len(ids) > self.WATCH_MAX:
-            self._watched.clear()
-            self._ended.clear()
-        self._watched.update(ids)
+        with self._state:
+            if len(self._watched) + len(ids) > self.WATCH_MAX:
+                self._watched.clear()
+                self._ended.clear()
+            self._watched.update(ids)
 
     def watching(self, job_ids: Iterable[str]) -> bool:
         """Whether the end of every one of these jobs will be (or was) announced to this listener."""
-        return all(i in self._watched for i in job_ids)
+        with self._state:
+            return all(i in self._watched for i in job_ids)
 
     def forget(self, job_ids: Iterable[str]) -> None:
         """A waiter has these jobs' end: stop keeping them."""
-        for i in job_ids:
-            self._watched.discard(i)
-            self._ended.discard(i)
+        with self._state:
+            for i in job_ids:
+                self._watched.discard(i)
+                self._ended.discard(i)
 
     def wait(self, job_ids: set[str], timeout: float) -> set[str]:
         """Block until one of `job_ids` is announced or `timeout` seconds pass; returns those of `job_ids`
-        announced so far (empty on a timeout), earlier announcements of watched jobs included."""
-        seen = self._ended & job_ids
+        announced so far (empty on a timeout), earlier announcements of watched jobs included. While another
+        thread waits on the connection, this one waits for it (at most `timeout`)."""
         deadline = time.monotonic() + timeout
-        while not seen and (left := deadline - time.monotonic()) > 0:
-            for note in self._conn.notifies(timeout=left):
-                if self._note(note.payload, job_ids, seen):
-                    break
-        for note in self._conn.notifies(timeout=0):  # the others already waiting in the connection
-            self._note(note.payload, job_ids, seen)
-        return seen
+        if not self.lock.acquire(timeout=max(0.0, timeout)):
+            return self._taken(job_ids)
+        try:
+            seen = self._taken(job_ids)
+            while not seen and (left := deadline - time.monotonic()) > 0:
+                for note in self._conn.notifies(timeout=left):
+                    if self._note(note.payload, job_ids, seen):
+                        break
+            for note in self._conn.notifies(timeout=0):  # the others already waiting in the connection
+                self._note(note.payload, job_ids, seen)
+            return seen
+        finally:
+            self.lock.release()
+
+    def _taken(self, job_ids: set[str]) -> set[str]:
+        with self._state:
+            return self._ended & job_ids
 
     def _note(self, job_id: str, job_ids: set[str], seen: set[str]) -> bool:
-        if job_id in self._watched:
-            self._ended.add(job_id)
+        with self._state:
+            if job_id in self._watched:
+                self._ended.add(job_id)
         if job_id in job_ids:
             seen.add(job_id)
             return True

@@ -146,3 +146,35 @@ def test_an_end_announced_before_a_retry_does_not_end_the_wait_for_the_retried_j
     job = client.wait(job_id, timeout=60, poll=_poll(settings))
     t.join()
     assert job.status == "SUCCEEDED", job.status
+
+
+def test_threads_sharing_a_client_each_get_their_own_job(settings):
+    """Four threads submit through one Client and wait at once; each gets its own job, ended, while a worker
+    runs them all (on PostgreSQL the waits share one LISTEN connection, one thread at a time)."""
+    client = Client(settings)
+    warm = client.submit("noop")["id"]
+    J.cancel(settings, warm)
+    client.wait(warm, timeout=10, poll=0.2)
+    got: dict[int, str] = {}
+    ids: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        try:
+            ids[k] = client.submit("noop")["id"]
+            got[k] = client.wait(ids[k], timeout=60, poll=0.2).status
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(ids) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for k in sorted(ids):
+        _run_now(settings, ids[k])
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert got == {k: "SUCCEEDED" for k in range(4)}
