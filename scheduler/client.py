@@ -429,6 +429,7 @@ class Client:
             waiting = [i for i in ids if i not in ended and (statuses[i] is None or Status(statuses[i]) not in TERMINAL)]
             if not waiting:
                 done = [self._final(i) for i in ids]
+                listener = self._listener  # None if a final read found its connection gone (it was closed)
                 # An end announced earlier may have been undone since (a retry re-queued the job): wait on.
                 again = {j.id for j in done if not j.done}
                 if listener is not None:

@@ -274,8 +274,8 @@ def _autocommit_engine(url: str, durable: bool) -> Engine:
 def driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Run one PostgreSQL statement (psycopg's `%(name)s` parameters) straight on the pooled connection's
     driver and return its rows as dicts: for the few statements every job pays (its claim, its finish, a
-    one-job submission), where SQLAlchemy's execution around the driver costs about as much CPU as the round
-    trip itself (`python -m bench.run --only platform`). `before_cursor_execute` listeners still see the
+    one-job submission), where SQLAlchemy's execution around the driver cost about as much CPU as the round
+    trip itself on the 2-core machine of BENCHMARKS.md. `before_cursor_execute` listeners still see the
     statement; an error comes back as SQLAlchemy's (a lost connection invalidated first), so callers handle
     it like any other."""
     import psycopg
