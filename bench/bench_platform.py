@@ -17,6 +17,8 @@ workers are up and ready (worker start-up is never timed).
 from __future__ import annotations
 
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -94,11 +96,23 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
         return statistics.median(times)
 
     with ExitStack() as stack:  # both workers up and ready before any clock starts
-        stack.enter_context(medgan_worker(env, svc.tmp / "rt-medgan.log", "--concurrency", "1"))
-        stack.enter_context(raw_worker(svc, svc.tmp / "rt-raw.log", 1))
+        workers = {"medgan": stack.enter_context(medgan_worker(env, svc.tmp / "rt-medgan.log", "--concurrency", "1")),
+                   "raw": stack.enter_context(raw_worker(svc, svc.tmp / "rt-raw.log", 1))}
         medgan_p50(WARMUP), raw_p50(WARMUP)
         ids.clear()
-        got = alternate({"medgan": medgan_p50, "raw": raw_p50}, rounds)
+        cpu: dict[str, dict[str, float]] = {side: {} for side in workers}
+
+        def accounted(side: str, fn: Callable[[], float]) -> Callable[[], float]:
+            def run() -> float:
+                before = _cpu_snapshot(workers[side].pid, svc.database)
+                out = fn()
+                after = _cpu_snapshot(workers[side].pid, svc.database)
+                for k, v in after.items():
+                    cpu[side][k] = cpu[side].get(k, 0.0) + (v - before.get(k, 0.0)) / n
+                return out
+            return run
+
+        got = alternate({"medgan": accounted("medgan", medgan_p50), "raw": accounted("raw", raw_p50)}, rounds)
     commit = _durable_commit_p50(svc.database)
     with session_scope(client.settings.db_url) as s:
         rows = [s.get(Job, i) for i in ids]
@@ -113,6 +127,7 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
                  f"rows and the client's clock (p50): {stages}"},
         {"name": "overhead per job (p50)", "value": round((m - r) * 1000, 2), "unit": "ms",
          "note": "medgan round trip p50 minus raw Celery round trip p50, same run"},
+        _cpu_row(cpu, rounds, m),
         {"name": "durable commit (p50)", "value": round(commit * 1000, 2), "unit": "ms",
          "baseline": round(r * 1000, 2), "ratio": round(2 * commit / r, 2),
          "note": f"one INSERT + COMMIT on the benchmark's own PostgreSQL database (the WAL flushed to disk), "
@@ -124,6 +139,44 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
 
 
 COMMIT_PROBES = 200
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process of this machine so far (/proc; 0 for one that has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_snapshot(worker_pid: int, db_url: str) -> dict[str, float]:
+    """CPU seconds so far of the worker process, of this process (the client) and of the PostgreSQL server
+    processes serving the benchmark's own database (other databases' are not counted)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                           "AND pid <> pg_backend_pid()").fetchall()]
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return {"worker": _cpu_seconds(worker_pid), "client": me.ru_utime + me.ru_stime,
+            "database": sum(_cpu_seconds(p) for p in pids)}
+
+
+def _cpu_row(cpu: dict[str, dict[str, float]], rounds: int, medgan_p50: float) -> dict:
+    total = {side: sum(parts.values()) for side, parts in cpu.items()}
+    per = {side: ", ".join(f"{k} {v / rounds * 1000:.2f}" for k, v in parts.items()) for side, parts in cpu.items()}
+    m, r = total["medgan"] / rounds, total["raw"] / rounds
+    return {"name": "CPU per round trip", "value": round(m * 1000, 2), "unit": "ms", "baseline": round(r * 1000, 2),
+            "ratio": round(m / r, 2),
+            "note": f"CPU time (user + system) per job of the round-trip runs above, mean over all {rounds} runs of "
+                    f"each side: medgan {per['medgan']} ms; raw Celery {per['raw']} ms (worker process, this "
+                    f"client process, the PostgreSQL processes of the benchmark's own database; the private "
+                    f"redis-server not counted); on {os.cpu_count()} cores a job needing {m * 1000:.1f} ms of CPU "
+                    f"across its processes takes at least {m * 1000 / os.cpu_count():.1f} ms of wall time, "
+                    f"medgan's round trip p50 being {medgan_p50 * 1000:.1f} ms"}
 
 
 def _durable_commit_p50(db_url: str) -> float:
@@ -328,6 +381,93 @@ def _sweep(svc: Services, n: int = 100) -> list[dict]:
                      f"{all1 - all0 - (top1 - top0)} children"}]
 
 
+def stale_statistics(db_url: str, queued: int) -> None:
+    """Jobs as a busy table holds them just after a bulk submission: 200 ended jobs, analysed; then `queued`
+    queued and 50 running ones that the statistics do not know of (autovacuum off on the table, so nothing
+    re-analyses it meanwhile). Ids: done00000001…, q00000001…, r00000001… (tests/scheduler/test_pk_plans.py)."""
+    from sqlalchemy import text
+
+    from scheduler.db import get_engine
+
+    cols = ("id, kind, status, spec, name, owner, priority, gpus, queue, depends_on, attempt, max_attempts, "
+            "cancel_requested, fence, lease_losses, preemptions, preemptible, progress, progress_step, "
+            "progress_total, created_at, updated_at, lease_owner")
+
+    def rows(status: str, prefix: str, n: int, owner: str = "NULL") -> str:
+        return (f"INSERT INTO jobs ({cols}) SELECT '{prefix}' || lpad(g::text, 8, '0'), 'noop', '{status}', "
+                f"'{{\"kind\": \"noop\"}}', NULL, 'me', 5, 0, 'medgan.generate', '[]', 0, 3, false, 1, 0, 0, "
+                f"true, 0, 0, 0, now(), now(), {owner} FROM generate_series(1, {n}) g")
+
+    with get_engine(db_url).connect() as conn:
+        conn.execute(text("ALTER TABLE jobs SET (autovacuum_enabled = false)"))
+        conn.execute(text(rows("SUCCEEDED", "done", 200)))
+        conn.commit()
+        conn.execute(text("ANALYZE jobs"))
+        conn.commit()
+        conn.execute(text(rows("QUEUED", "q", queued)))
+        conn.execute(text(rows("RUNNING", "r", 50, owner="'someone'")))
+        conn.commit()
+
+
+def _claim_among_queued(queued: int, probes: int, rounds: int) -> list[dict]:
+    """The claim's statement for one job among `queued` others, on a table in `stale_statistics`' state (a
+    database of its own): medgan's (scheduler.states.CLAIM_CPU_SQL, whose status test no index serves:
+    db.STATUS_BY_ID) against the same statement with `status = 'QUEUED'` (which the planner then serves
+    from a status index, scanning every queued job). p50 of `probes` claims of distinct jobs, each rolled
+    back; best of `rounds` alternating."""
+    from datetime import timedelta
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from scheduler import migrate, states
+    from scheduler.db import STATUS_BY_ID, utcnow
+    from scheduler.settings import Settings
+
+    from bench._services import postgres_db
+
+    plain = states.CLAIM_CPU_SQL.replace(STATUS_BY_ID, "status")
+    assert plain != states.CLAIM_CPU_SQL
+    with postgres_db() as url:
+        migrate.upgrade(Settings(database_url=url))
+        stale_statistics(url, queued)
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn) as conn:
+            plans = {name: "\n".join(r[0] for r in conn.execute(
+                "EXPLAIN " + sql, {"job_id": "q00000001", "owner": "bench", "now": utcnow(),
+                                   "expires": utcnow()}).fetchall())
+                for name, sql in (("medgan", states.CLAIM_CPU_SQL), ("status", plain))}
+            conn.rollback()
+            picks = iter(range(1, 10**9))
+
+            def p50(sql: str) -> Callable[[], float]:
+                def once() -> float:
+                    times = []
+                    for _ in range(probes):
+                        now = utcnow()
+                        params = {"job_id": f"q{next(picks) % queued + 1:08d}", "owner": "bench", "now": now,
+                                  "expires": now + timedelta(seconds=60)}
+                        t0 = time.perf_counter()
+                        if len(conn.execute(sql, params).fetchall()) != 1:
+                            raise RuntimeError("the claim matched no queued job")
+                        times.append(time.perf_counter() - t0)
+                        conn.rollback()
+                    return statistics.median(times)
+                return once
+
+            got = alternate({"medgan": p50(states.CLAIM_CPU_SQL), "status": p50(plain)}, rounds)
+    index = {name: ("primary key" if "pk_jobs" in plan and "ix_jobs_status" not in plan else "a status index")
+             for name, plan in plans.items()}
+    m, b = min(got["medgan"]), min(got["status"])
+    return [{"name": f"claim among {queued:,} queued, stale statistics (p50)", "value": round(m * 1000, 3),
+             "unit": "ms", "baseline": round(b * 1000, 3), "ratio": round(m / b, 3),
+             "note": f"the claim statement of one job (CPU, one statement, rolled back) on a table analysed while "
+                     f"all its jobs had ended, then {queued:,} queued: medgan's (found by {index['medgan']}) vs the "
+                     f"same statement testing `status = 'QUEUED'` (found by {index['status']}); best p50 of "
+                     f"{rounds} alternating runs of {probes}; per-run p50s medgan {_ms(got['medgan'])}, "
+                     f"status-index form {_ms(got['status'])}"}]
+
+
 def run(quick: bool = False) -> list[dict]:
     rounds = 2 if quick else 3
     n_rt, n_drain, n_bulk, n_single = (30, 200, 2000, 100) if quick else (100, 1000, 10_000, 300)
@@ -343,6 +483,7 @@ def run(quick: bool = False) -> list[dict]:
         _drain_floor(rows)
         rows += _submission(svc, n_bulk, n_single, rounds)
         rows += _sweep(svc)
+    rows += _claim_among_queued(2000 if quick else 10_000, 50 if quick else 200, rounds)
     return rows
 
 

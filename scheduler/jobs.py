@@ -28,7 +28,7 @@ from scheduler import states
 from scheduler.broker import make_celery, queue_depths, queue_for, send_jobs
 from scheduler.db import (
     Artifact, Job, JobEvent, LogChunk, MetricPoint, Status, autocommit, driver_rows, fetch, get_engine, new_id,
-    read_scope, session_scope, utcnow,
+    read_scope, session_scope, status_is, utcnow,
 )
 from scheduler.fanout import is_fanout_parent, parent_progress, plan_children, plan_sweep, retry_failed_children
 from scheduler.policy import host_cards
@@ -329,10 +329,10 @@ def dispatch_ready(settings: Settings, job_ids: Sequence[str] | None = None) -> 
     now = utcnow()
     sent: list[tuple[str, str, int]] = []
     with session_scope(settings.db_url) as session:
-        q = select(Job).where(Job.status == S.QUEUED.value)
-        if job_ids is not None:
-            q = q.where(Job.id.in_(list(job_ids)))
+        if job_ids is not None:  # named by id: the primary key finds them (db.status_is)
+            q = select(Job).where(Job.id.in_(list(job_ids)), status_is(S.QUEUED.value))
         else:
+            q = select(Job).where(Job.status == S.QUEUED.value)
             stale = now - timedelta(seconds=settings.resend_after_seconds)
             old = session.execute(select(Job.queue).where(Job.status == S.QUEUED.value, Job.enqueued_at < stale)
                                   .distinct()).scalars().all()
@@ -492,7 +492,7 @@ def _send_or_mark_unsent(settings: Settings, messages: list[tuple[str, str, int]
         ids = [m[0] for m in messages]
         with session_scope(settings.db_url) as session:
             for i in range(0, len(ids), 1000):
-                session.execute(update(Job).where(Job.id.in_(ids[i:i + 1000]), Job.status == S.QUEUED.value)
+                session.execute(update(Job).where(Job.id.in_(ids[i:i + 1000]), status_is(S.QUEUED.value))
                                 .values(enqueued_at=None).execution_options(synchronize_session=False))
 
 

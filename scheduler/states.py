@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from scheduler import constants as C
-from scheduler.db import GpuLease, Job, JobEvent, Status, driver_rows, utcnow
+from scheduler.db import STATUS_BY_ID, GpuLease, Job, JobEvent, Status, driver_rows, status_is, utcnow
 from scheduler.errors import IllegalTransition
 
 S = Status
@@ -79,7 +79,7 @@ def transition(
     returning = session.get_bind().dialect.update_returning
     job: Job | None = None
     for src in expected:
-        stmt = update(Job).where(Job.id == job_id, Job.status == src.value, *guard).values(**cols)
+        stmt = update(Job).where(Job.id == job_id, status_is(src.value), *guard).values(**cols)
         if returning:
             job = session.execute(stmt.returning(Job), execution_options={
                 "synchronize_session": False, "populate_existing": True}).scalars().first()
@@ -136,7 +136,7 @@ def claim(
 
 def holder_guard(owner: str, fence: int | None) -> list[Any]:
     """WHERE conditions of an effect of one attempt: the job is live, held by `owner` under token `fence`."""
-    guard = [Job.lease_owner == owner, Job.status.in_([S.RUNNING.value, S.CANCELLING.value])]
+    guard = [Job.lease_owner == owner, status_is(S.RUNNING.value, S.CANCELLING.value)]
     return guard if fence is None else [*guard, Job.fence == fence]
 
 
@@ -275,14 +275,14 @@ CLAIM_CPU_SQL = f"""
 WITH claimed AS (
     UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = %(now)s, lease_owner = %(owner)s, lease_expires_at = %(expires)s,
            started_at = %(now)s, attempt = attempt + 1, fence = fence + 1, message = NULL
-     WHERE id = %(job_id)s AND status = '{S.QUEUED.value}' AND gpus = 0
+     WHERE id = %(job_id)s AND {STATUS_BY_ID} = '{S.QUEUED.value}' AND gpus = 0
     RETURNING {", ".join(CLAIMED_COLUMNS)}
 ), claim_event AS (
     {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(%(owner)s AS varchar), NULL, CAST(%(now)s AS timestamp)
       FROM claimed
 ), parent AS (
     UPDATE jobs SET status = '{S.RUNNING.value}', updated_at = %(now)s, started_at = %(now)s, message = NULL
-     WHERE id = (SELECT parent_id FROM claimed) AND status = '{S.QUEUED.value}'
+     WHERE id = (SELECT parent_id FROM claimed) AND {STATUS_BY_ID} = '{S.QUEUED.value}'
     RETURNING id
 ), parent_event AS (
     {_EVENT}SELECT id, '{S.QUEUED.value}', '{S.RUNNING.value}', CAST(%(owner)s AS varchar), 'first shard started',
@@ -298,7 +298,7 @@ WITH finished AS (
     UPDATE jobs SET status = CAST(%(to)s AS varchar), updated_at = %(now)s, finished_at = %(now)s, lease_owner = NULL,
            lease_expires_at = NULL, progress = COALESCE(CAST(%(progress)s AS float8), progress),
            message = COALESCE(CAST(%(message)s AS text), message)
-     WHERE id = %(job_id)s AND status = '{S.RUNNING.value}' AND lease_owner = %(owner)s AND fence = %(fence)s
+     WHERE id = %(job_id)s AND {STATUS_BY_ID} = '{S.RUNNING.value}' AND lease_owner = %(owner)s AND fence = %(fence)s
     RETURNING id, parent_id
 ), finish_event AS (
     {_EVENT}SELECT id, '{S.RUNNING.value}', CAST(%(to)s AS varchar), CAST(%(owner)s AS varchar), CAST(%(reason)s AS text),

@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 
 from scheduler import fanout, states
 from scheduler.datasets import sweep_uploads
-from scheduler.db import Job, Status, Worker, session_scope, utcnow
+from scheduler.db import Job, Status, Worker, session_scope, status_is, utcnow
 from scheduler.jobs import dispatch_ready
 from scheduler.policy import plan_preemptions
 from scheduler.settings import Settings
@@ -64,7 +64,7 @@ def request_preemptions(session, settings: Settings) -> int:  # noqa: ANN001 - a
     plan = plan_preemptions(session, grace=settings.preempt_grace_seconds,
                             protected=settings.protected_from_preemption)
     for p in sorted(plan, key=lambda p: p.victim):  # id order, the heartbeat's lock order
-        res = session.execute(update(Job).where(Job.id == p.victim, Job.status == Status.RUNNING.value,
+        res = session.execute(update(Job).where(Job.id == p.victim, status_is(Status.RUNNING.value),
                                                 Job.preempt_requested.is_(None))
                               .values(preempt_requested=p.reason).execution_options(synchronize_session=False))
         if res.rowcount == 1:

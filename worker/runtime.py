@@ -31,7 +31,8 @@ from scheduler import constants as C
 from scheduler import fanout, states
 from scheduler.broker import make_celery, send_job
 from scheduler.datasets import download_dataset, object_key
-from scheduler.db import Artifact, Job, LogChunk, MetricPoint, Status, Worker, autocommit, session_scope, utcnow
+from scheduler.db import (Artifact, Job, LogChunk, MetricPoint, Status, Worker, autocommit, session_scope, status_is,
+                          utcnow)
 from scheduler.errors import MedganUserError, StoreError
 from scheduler.jobs import dispatch_dependents, dispatch_ready
 from scheduler.settings import Settings
@@ -613,7 +614,7 @@ def _send_back(ctx: WorkerContext, job_id: str) -> None:
         log.warning("job %s: could not send it back (%s); the sweeper will", job_id, str(exc).splitlines()[0])
         try:
             with session_scope(ctx.settings.db_url) as s:
-                s.execute(update(Job).where(Job.id == job_id, Job.status == S.QUEUED.value)
+                s.execute(update(Job).where(Job.id == job_id, status_is(S.QUEUED.value))
                           .values(enqueued_at=None).execution_options(synchronize_session=False))
         except Exception:  # noqa: BLE001 - the database is down too: the resend timer covers it
             pass
