@@ -299,18 +299,19 @@ def driver_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[d
     statement; an error comes back as SQLAlchemy's (a lost connection invalidated first), so callers handle
     it like any other."""
     import psycopg
+    from psycopg.pq import ExecStatus
+    from psycopg.rows import dict_row
 
     raw = conn.connection.driver_connection
     try:
-        with raw.cursor() as cursor:
+        with raw.cursor(row_factory=dict_row) as cursor:  # names from the result itself, no column objects
             for listener in conn.dispatch.before_cursor_execute:
                 listener(conn, cursor, sql, params, None, False)
             cursor.execute(sql, params)
-            columns = cursor.description  # built at every access: once
-            if columns is None:
+            result = cursor.pgresult
+            if result is None or result.status != ExecStatus.TUPLES_OK:
                 return []
-            names = [c.name for c in columns]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            return cursor.fetchall()
     except psycopg.Error as exc:
         lost = conn.dialect.is_disconnect(exc, raw, None)
         if lost:
