@@ -141,18 +141,21 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
 COMMIT_PROBES = 200
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process of this machine so far (/proc; 0 for one that has gone)."""
+def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds so far of a process of this machine, or of one of its threads (/proc; 0 for one
+    that has gone)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_snapshot(worker_pid: int, db_url: str) -> dict[str, float]:
-    """CPU seconds so far of the worker process, of this process (the client) and of the PostgreSQL server
-    processes serving the benchmark's own database (other databases' are not counted)."""
+    """CPU seconds so far of the worker process (its main thread, Celery's consumer, apart: the rest is the
+    task's thread and medgan's heartbeat), of this process (the client) and of the PostgreSQL server processes
+    serving the benchmark's own database (other databases' are not counted)."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -161,7 +164,9 @@ def _cpu_snapshot(worker_pid: int, db_url: str) -> dict[str, float]:
         pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                                            "AND pid <> pg_backend_pid()").fetchall()]
     me = resource.getrusage(resource.RUSAGE_SELF)
-    return {"worker": _cpu_seconds(worker_pid), "client": me.ru_utime + me.ru_stime,
+    worker, consumer = _cpu_seconds(worker_pid), _cpu_seconds(worker_pid, worker_pid)
+    return {"worker consumer thread": consumer, "worker other threads": worker - consumer,
+            "client": me.ru_utime + me.ru_stime,
             "database": sum(_cpu_seconds(p) for p in pids)}
 
 
@@ -172,9 +177,10 @@ def _cpu_row(cpu: dict[str, dict[str, float]], rounds: int, medgan_p50: float) -
     return {"name": "CPU per round trip", "value": round(m * 1000, 2), "unit": "ms", "baseline": round(r * 1000, 2),
             "ratio": round(m / r, 2),
             "note": f"CPU time (user + system) per job of the round-trip runs above, mean over all {rounds} runs of "
-                    f"each side: medgan {per['medgan']} ms; raw Celery {per['raw']} ms (worker process, this "
-                    f"client process, the PostgreSQL processes of the benchmark's own database; the private "
-                    f"redis-server not counted); on {os.cpu_count()} cores a job needing {m * 1000:.1f} ms of CPU "
+                    f"each side: medgan {per['medgan']} ms; raw Celery {per['raw']} ms (the worker process: its main "
+                    f"thread, Celery's consumer, and its other threads, the task's among them; this client process; "
+                    f"the PostgreSQL processes of the benchmark's own database; the private redis-server not "
+                    f"counted); on {os.cpu_count()} cores a job needing {m * 1000:.1f} ms of CPU "
                     f"across its processes takes at least {m * 1000 / os.cpu_count():.1f} ms of wall time, "
                     f"medgan's round trip p50 being {medgan_p50 * 1000:.1f} ms"}
 
