@@ -141,6 +141,15 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
 COMMIT_PROBES = 200
 
 
+def connect(db_url: str, **kwargs: Any):
+    """A psycopg connection of its own to the database of a SQLAlchemy URL (the benchmark's own database)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url).set(drivername="postgresql")
+    return psycopg.connect(url.render_as_string(hide_password=False), **kwargs)
+
+
 def _cpu_seconds(pid: int, thread: int | None = None) -> float:
     """User + system CPU seconds so far of a process of this machine, or of one of its threads (/proc; 0 for one
     that has gone)."""
@@ -156,11 +165,7 @@ def _cpu_snapshot(worker_pid: int, db_url: str) -> dict[str, float]:
     """CPU seconds so far of the worker process (its main thread, Celery's consumer, apart: the rest is the
     task's thread and medgan's heartbeat), of this process (the client) and of the PostgreSQL server processes
     serving the benchmark's own database (other databases' are not counted)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(db_url).set(drivername="postgresql")
-    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+    with connect(db_url, autocommit=True) as conn:
         pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                                            "AND pid <> pg_backend_pid()").fetchall()]
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -187,11 +192,7 @@ def _cpu_row(cpu: dict[str, dict[str, float]], rounds: int, medgan_p50: float) -
 
 def _durable_commit_p50(db_url: str) -> float:
     """p50 of INSERT + COMMIT of one row in a scratch table of the benchmark's own database (dropped after)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(db_url).set(drivername="postgresql")
-    with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+    with connect(db_url) as conn:
         conn.execute("CREATE TABLE bench_commit_probe (x int)")
         conn.commit()
         times = []
@@ -422,9 +423,7 @@ def _claim_among_queued(queued: int, probes: int, rounds: int) -> list[dict]:
     from a status index, scanning every queued job). p50 of `probes` claims of distinct jobs, each rolled
     back; best of `rounds` alternating."""
     from datetime import timedelta
-
-    import psycopg
-    from sqlalchemy.engine import make_url
+    from itertools import count
 
     from scheduler import migrate, states
     from scheduler.db import STATUS_BY_ID, utcnow
@@ -437,14 +436,13 @@ def _claim_among_queued(queued: int, probes: int, rounds: int) -> list[dict]:
     with postgres_db() as url:
         migrate.upgrade(Settings(database_url=url))
         stale_statistics(url, queued)
-        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(dsn) as conn:
+        with connect(url) as conn:
             plans = {name: "\n".join(r[0] for r in conn.execute(
                 "EXPLAIN " + sql, {"job_id": "q00000001", "owner": "bench", "now": utcnow(),
                                    "expires": utcnow()}).fetchall())
                 for name, sql in (("medgan", states.CLAIM_CPU_SQL), ("status", plain))}
             conn.rollback()
-            picks = iter(range(1, 10**9))
+            picks = count()  # a job after another (cycling: every claim is rolled back)
 
             def p50(sql: str) -> Callable[[], float]:
                 def once() -> float:

@@ -14,9 +14,9 @@ import re
 
 import pytest
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
-from bench.bench_platform import stale_statistics
+from bench.bench_platform import connect, stale_statistics
 from scheduler import migrate, states
 from scheduler.db import Job, Status, autocommit, session_scope
 from scheduler.settings import Settings
@@ -35,10 +35,7 @@ def armed(postgres_url):
     settings = Settings(database_url=postgres_url)
     migrate.upgrade(settings)
     stale_statistics(postgres_url, QUEUED_ROWS)
-    import psycopg
-
-    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as raw:
+    with connect(postgres_url, autocommit=True) as raw:
         control = _plan(raw, "SELECT id FROM jobs WHERE id = %(id)s AND status = 'QUEUED'", {"id": "q00000001"})
         assert STATUS_INDEXES.search(control), f"the trap did not arm, this test would prove nothing:\n{control}"
         yield settings, raw
