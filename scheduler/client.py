@@ -390,8 +390,9 @@ class Client:
         """Block until the job is SUCCEEDED, FAILED or CANCELLED and return it; check ``status`` (and
         ``message``, the reason of a failure) yourself: a failed job does not raise.
 
-        On PostgreSQL the wait wakes as soon as the job's end is committed (LISTEN/NOTIFY), and reads the
-        status every `poll` seconds besides; on SQLite it polls. `on_progress(job)` is called at every poll
+        On PostgreSQL the wait wakes as soon as the job's end is committed (LISTEN/NOTIFY; a worker's finish
+        sends the job with it, which is then returned unread), and reads the status every `poll` seconds
+        besides; on SQLite it polls. `on_progress(job)` is called at every poll
         (``progress`` 0..1, ``step``/``total``: training steps, or finished/all shards of a fan-out).
         TimeoutError after `timeout` seconds (the job goes on running).
         """
@@ -456,10 +457,14 @@ class Client:
             time.sleep(nap)
 
     def _final(self, job_id: str) -> Job:
-        """The job as a wait returns it: read on the LISTEN connection that announced its end, else (SQLite,
-        or that connection lost) as `job` reads it."""
+        """The job as a wait returns it: as the finish announced it (no read), else read on the LISTEN
+        connection that announced its end, else (SQLite, or that connection lost) as `job` reads it."""
         listener = self._listener
         if listener is not None:
+            announced = listener.announcement(job_id)
+            job = None if announced is None else jobs.job_from_announcement(announced)
+            if job is not None:  # the finish sent the job with its end: no read
+                return self._job(job)
             try:
                 with listener.lock:
                     return self._job(jobs.get_job(self.settings, job_id, conn=listener.connection))
@@ -497,7 +502,16 @@ class Client:
         """Re-queue a FAILED or CANCELLED job under the same id (training resumes from its newest checkpoint;
         a fan-out re-runs only the shards that did not succeed); the jobs that ended because it did not
         succeed (later pipeline steps) are queued again too, waiting for it."""
-        return self._job(jobs.retry(self.settings, job_id))
+        listener = self._listener
+        if listener is None:
+            return self._job(jobs.retry(self.settings, job_id))
+        listener.hold()  # an end announced before this retry must not end a later wait for the job
+        retried = None
+        try:
+            retried = self._job(jobs.retry(self.settings, job_id))
+            return retried
+        finally:
+            listener.held_until(None if retried is None else retried.id)
 
     def latest_metrics(self, job_id: str, prefix: str = "") -> dict[str, float]:
         """The newest value of each metric series of a job (``prefix="loss"``: the latest losses)."""

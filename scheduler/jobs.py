@@ -8,6 +8,7 @@ A message lost between commit and send is re-sent by the sweeper (the row is the
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import threading
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import JSON, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import JSON, DateTime, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
@@ -378,8 +379,12 @@ def job_statuses(settings: Settings, job_ids: Sequence[str]) -> dict[str, str]:
 class DoneListener:
     """LISTEN on `states.DONE_CHANNEL` over a connection of its own (PostgreSQL): every job that reaches a
     terminal status is announced there at its commit, so a waiter wakes at once instead of at its next poll.
-    The waiter then reads the job on the same connection (`connection`, autocommit), whose server process
-    has just sent the announcement.
+    The worker's one-statement finish announces the job itself (`announcement`, `job_from_announcement`):
+    its waiter returns it without a read. Any other end is announced by id, and the waiter reads the job on
+    the same connection (`connection`, autocommit), whose server process has just sent the announcement. A
+    retry announces REOPENED: an end announced before it is void. A retry through this client holds every
+    announcement to a read until its REOPENED comes (`hold`); one by another process is void once its
+    REOPENED comes, which is within milliseconds of its commit.
 
     A job committed after the LISTEN (`watch`: what this client submitted since) is certain to be announced
     here when it ends, so a waiter needs no first read of its status (`watching`); the announcements of
@@ -397,7 +402,14 @@ class DoneListener:
         self._conn = self.connection.connection.driver_connection  # psycopg's, for LISTEN and its notifies
         self._conn.execute(f"LISTEN {states.DONE_CHANNEL}")
         self._watched: set[str] = set()
-        self._ended: set[str] = set()  # watched jobs announced and not yet taken by a wait
+        # Jobs announced ended and not yet taken by a wait (watched ones, and those a wait is waiting for), with
+        # the finish's announcement of the job for those a wait is waiting for (None: read it).
+        self._ended: dict[str, str | None] = {}
+        # While this client retries a job (`hold`) and until that job's REOPENED comes, an announcement may be
+        # of an end that the retry undid: none is kept as the job then (its waiter reads it).
+        self._holding = 0  # retries under way
+        self._held: set[str] = set()  # retried jobs whose REOPENED has not come yet
+        self._reopened: set[str] = set()  # REOPENED seen while a retry was under way
         # One thread at a time uses the connection (several threads may wait through one Client): the others
         # queue here; what the holder receives for them is kept (watched) or found by their next status read.
         self.lock = threading.RLock()
@@ -422,7 +434,7 @@ class DoneListener:
         with self._state:
             for i in job_ids:
                 self._watched.discard(i)
-                self._ended.discard(i)
+                self._ended.pop(i, None)
 
     def wait(self, job_ids: set[str], timeout: float) -> set[str]:
         """Block until one of `job_ids` is announced or `timeout` seconds pass; returns those of `job_ids`
@@ -433,28 +445,57 @@ class DoneListener:
             return self._taken(job_ids)
         try:
             seen = self._taken(job_ids)
+            # Never break out of `notifies()`: psycopg drops the rest of what arrived with the note broken on
+            # (the other ends a commit announced, a REOPENED); `stop_after` ends it after those instead.
             while not seen and (left := deadline - time.monotonic()) > 0:
-                for note in self._conn.notifies(timeout=left):
-                    if self._note(note.payload, job_ids, seen):
-                        break
+                for note in self._conn.notifies(timeout=left, stop_after=1):
+                    self._note(note.payload, job_ids, seen)
             for note in self._conn.notifies(timeout=0):  # the others already waiting in the connection
                 self._note(note.payload, job_ids, seen)
             return seen
         finally:
             self.lock.release()
 
+    def hold(self) -> None:
+        """A retry by this client begins: until `held_until` names the job and that job's REOPENED has come,
+        keep no announcement as a job (its waiter reads it), so that no end the retry undid is returned."""
+        with self._state:
+            self._holding += 1
+
+    def held_until(self, job_id: str | None) -> None:
+        """The retry that `hold` began committed `job_id`'s REOPENED (None: it failed, nothing was sent)."""
+        with self._state:
+            self._holding -= 1
+            if job_id is not None and job_id not in self._reopened:
+                self._held.add(job_id)
+            if not self._holding:
+                self._reopened.clear()
+
+    def announcement(self, job_id: str) -> str | None:
+        """The finish's announcement of this job's end (`jobs.job_from_announcement`), if one came while a
+        wait was waiting for it and no retry has voided it since; None: read the job."""
+        with self._state:
+            return self._ended.get(job_id)
+
     def _taken(self, job_ids: set[str]) -> set[str]:
         with self._state:
-            return self._ended & job_ids
+            return self._ended.keys() & job_ids
 
-    def _note(self, job_id: str, job_ids: set[str], seen: set[str]) -> bool:
+    def _note(self, payload: str, job_ids: set[str], seen: set[str]) -> None:
+        job_id, _, rest = payload.partition(" ")
         with self._state:
-            if job_id in self._watched:
-                self._ended.add(job_id)
-        if job_id in job_ids:
-            seen.add(job_id)
-            return True
-        return False
+            if rest == states.REOPENED:  # back in the queue: its end (if we had it) no longer holds
+                self._ended.pop(job_id, None)
+                self._held.discard(job_id)
+                if self._holding:
+                    self._reopened.add(job_id)
+                seen.discard(job_id)
+                return
+            if job_id in job_ids:
+                self._ended[job_id] = None if self._held or self._holding else rest or None
+                seen.add(job_id)
+            elif job_id in self._watched:
+                self._ended[job_id] = None  # kept short: its waiter reads it
 
     def close(self) -> None:
         self.connection.close()
@@ -585,38 +626,66 @@ def _reading(settings: Settings, conn: Connection | None = None) -> Iterator[Ses
 
 def get_job(settings: Settings, job_id: str, *, conn: Connection | None = None) -> dict[str, Any]:
     """One job with its events, what its science read, its children per status (a fan-out parent) and its
-    place in the queue (QUEUED). The row, its events and its read counts are ONE query (`_job_read`): what
-    `Client.wait` reads at the end of every wait (on its LISTEN connection, `conn`, awake from the
-    announcement: no pooled connection and no sleeping server process to wake); a job named by prefix or
-    name is resolved first."""
+    place in the queue (QUEUED). The row, its events and its read counts are ONE query (`_job_read`); on its
+    LISTEN connection (`conn`) a waiter reads a job whose end was announced without what `job_from_announcement`
+    needs. A job named by prefix or name is resolved first."""
     with _reading(settings, conn) as session:
         conn = session.connection()
         statement = _job_read(conn.dialect.name)
         found = fetch(conn, statement, {"id": str(job_id).strip()}) or fetch(
             conn, statement, {"id": resolve_id(session, job_id).id})
-        row = SimpleNamespace(**found[0])
-        out = job_dict(row)
-        out["events"] = [{"at": _iso(e["at"]), "from": e["from"], "to": e["to"], "actor": e["actor"],
-                          "reason": e["reason"]} for e in sorted(row.events_ or [], key=lambda e: e["n"])]
-        # Children per status; only a fan-out parent has any (one query fewer for every other job).
-        out["children"] = parent_progress(session, row.id)[2] if is_fanout_parent(row) else {}
-        out["read"] = _read_summary([(m["name"], m["value"]) for m in sorted(row.read_ or [], key=lambda m: m["n"])])
-        if row.status == S.QUEUED.value:
-            out["queue_position"], out["waiting_reason"] = queue_position(session, row)
-        return out
+        return _job_out(found[0], session)
+
+
+def job_from_announcement(text: str) -> dict[str, Any] | None:
+    """The job that the one-statement finish announced (`states.DONE_CHANNEL`: its payload after the id), as
+    `get_job` returns it: the same row, events and read counts, the same assembly (`_job_out`); only the row's
+    times come as JSON text here. None if the announcement cannot stand for a read (a fan-out parent: its
+    children are counted by a query)."""
+    data = json.loads(text)
+    row = data["row"]
+    for column in _TIME_COLUMNS:
+        if row.get(column) is not None:
+            row[column] = datetime.fromisoformat(row[column])
+    return _job_out({**row, "events_": data["events_"], "read_": data["read_"]}, None)
+
+
+_TIME_COLUMNS = tuple(c.key for c in Job.__table__.columns if isinstance(c.type, DateTime))
+
+
+def _job_out(found: dict[str, Any], session: Session | None) -> dict[str, Any] | None:
+    """A job dict from its read row (the columns, `events_` and `read_`), with the children per status of a
+    fan-out parent and the queue place of a QUEUED job, which need `session` (None without one)."""
+    row = SimpleNamespace(**found)
+    parent, queued = is_fanout_parent(row), row.status == S.QUEUED.value
+    if session is None and (parent or queued):
+        return None
+    out = job_dict(row)
+    out["events"] = [{"at": _iso(e["at"]), "from": e["from"], "to": e["to"], "actor": e["actor"],
+                      "reason": e["reason"]} for e in sorted(row.events_ or [], key=lambda e: e["n"])]
+    # Children per status; only a fan-out parent has any (one query fewer for every other job).
+    out["children"] = parent_progress(session, row.id)[2] if parent else {}
+    out["read"] = _read_summary([(m["name"], m["value"]) for m in sorted(row.read_ or [], key=lambda m: m["n"])])
+    if queued:
+        out["queue_position"], out["waiting_reason"] = queue_position(session, row)
+    return out
 
 
 @functools.lru_cache(maxsize=4)
 def _job_read(dialect: str) -> Any:
     """SELECT a job's row with its events and its `read.*` metric rows as two JSON arrays (json_agg on
-    PostgreSQL, json_group_array on SQLite), by exact id: one round trip instead of four ORM queries."""
+    PostgreSQL, json_group_array on SQLite; the shapes of states.EVENT_JSON/READ_JSON, which the finish's
+    announcement builds too), by exact id: one round trip instead of four ORM queries."""
     agg, obj = ((func.json_agg, func.json_build_object) if dialect == "postgresql"
                 else (func.json_group_array, func.json_object))
-    events = select(agg(obj("n", JobEvent.id, "at", JobEvent.at, "from", JobEvent.from_status, "to",
-                            JobEvent.to_status, "actor", JobEvent.actor, "reason", JobEvent.reason), type_=JSON)) \
+
+    def shape(table: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
+        return obj(*[x for key, column in pairs for x in (key, table.c[column])])
+
+    events = select(agg(shape(JobEvent.__table__, states.EVENT_JSON), type_=JSON)) \
         .where(JobEvent.job_id == Job.id).scalar_subquery()
-    read = select(agg(obj("n", MetricPoint.id, "name", MetricPoint.name, "value", MetricPoint.value), type_=JSON)) \
-        .where(MetricPoint.job_id == Job.id, MetricPoint.name.like("read.%")).scalar_subquery()
+    read = select(agg(shape(MetricPoint.__table__, states.READ_JSON), type_=JSON)) \
+        .where(MetricPoint.job_id == Job.id, MetricPoint.name.like(f"{states.READ_PREFIX}%")).scalar_subquery()
     return select(Job.__table__, events.label("events_"), read.label("read_")).where(Job.id == bindparam("id"))
 
 

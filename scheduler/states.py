@@ -92,6 +92,8 @@ def transition(
     session.add(JobEvent(job_id=job_id, from_status=src.value, to_status=to.value, actor=actor, reason=reason, at=now))
     if to.terminal:
         notify_done(session, job_id)
+    elif src.terminal:
+        notify_done(session, job_id, REOPENED)  # a retry: what waiters were told of its end is void
     if (to.terminal or to is S.QUEUED) and holds_cards:
         # Every way a job ends (or loses its run) frees its cards, in the same transaction.
         session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
@@ -265,7 +267,29 @@ def requeue_expired(session: Session, now: datetime, *, actor: str,
 # trip and one commit). Anything they do not cover (no row matched: a duplicate, a cancel, a stale token, a
 # job that needs cards) falls back to `claim`/`finish` above, which decide what happened; SQLite always does.
 
-DONE_CHANNEL = "medgan_job_done"  # NOTIFY channel: the payload is the id of a job that reached a terminal status
+# NOTIFY channel of the ends of jobs (and of their undoing), sent at the commit that makes them. The payload
+# starts with the job's id, then:
+#   nothing      the job reached a terminal status (a waiter reads it);
+#   "{...}"      the one-statement finish's announcement: the job as `jobs.get_job` reads it, its row, events
+#                and read counts (`jobs.job_from_announcement`), so that its waiter needs no read; just the id
+#                instead when that text would not fit in a NOTIFY (NOTIFY_MAX bytes);
+#   "reopened"   a terminal job went back to the queue (a retry): an earlier announcement of its end is void.
+DONE_CHANNEL = "medgan_job_done"
+REOPENED = "reopened"
+NOTIFY_MAX = 8000  # PostgreSQL refuses a NOTIFY payload of this many bytes or more
+# A job read's JSON shapes, (key, column) pairs: its events, and its `read.*` metric rows (what its science
+# read). One definition for `jobs._job_read` and for the finish's announcement below.
+EVENT_JSON = (("n", "id"), ("at", "at"), ("from", "from_status"), ("to", "to_status"), ("actor", "actor"),
+              ("reason", "reason"))
+READ_JSON = (("n", "id"), ("name", "name"), ("value", "value"))
+READ_PREFIX = "read."
+
+
+def _json_object_sql(pairs: tuple[tuple[str, str], ...], alias: str) -> str:
+    return "json_build_object(" + ", ".join(f"'{key}', {alias}.{column}" for key, column in pairs) + ")"
+
+
+_EVENT_COLUMNS = ", ".join(column for _, column in EVENT_JSON)
 
 _EVENT = "INSERT INTO job_events (job_id, from_status, to_status, actor, reason, at) "
 # What a run needs of its claimed row (worker.runtime.JobRun): the one-statement claim returns only these.
@@ -291,6 +315,9 @@ WITH claimed AS (
 SELECT * FROM claimed
 """
 
+# The announcement is the job as its waiter would read it after this commit (`jobs.get_job`): the new row, and
+# the events so far with this one (a CTE's own writes are not in the statement's snapshot: the new event comes
+# from its RETURNING).
 # The dependents' read (d.status, json_array_length) is what the partial index ix_jobs_waiting_dependents
 # (migration 0004) holds: the few queued jobs that wait for others.
 FINISH_CPU_SQL = f"""
@@ -299,12 +326,23 @@ WITH finished AS (
            lease_expires_at = NULL, progress = COALESCE(CAST(%(progress)s AS float8), progress),
            message = COALESCE(CAST(%(message)s AS text), message)
      WHERE id = %(job_id)s AND {STATUS_BY_ID} = '{S.RUNNING.value}' AND lease_owner = %(owner)s AND fence = %(fence)s
-    RETURNING id, parent_id
+    RETURNING *
 ), finish_event AS (
     {_EVENT}SELECT id, '{S.RUNNING.value}', CAST(%(to)s AS varchar), CAST(%(owner)s AS varchar), CAST(%(reason)s AS text),
            CAST(%(now)s AS timestamp) FROM finished
+    RETURNING {_EVENT_COLUMNS}
+), announced AS (
+    SELECT f.id, f.id || ' ' || CAST(json_build_object(
+               'row', row_to_json(f),
+               'events_', (SELECT json_agg({_json_object_sql(EVENT_JSON, "e")}) FROM (
+                              SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = f.id
+                              UNION ALL SELECT {_EVENT_COLUMNS} FROM finish_event) e),
+               'read_', (SELECT json_agg({_json_object_sql(READ_JSON, "m")}) FROM metrics m
+                          WHERE m.job_id = f.id AND m.name LIKE '{READ_PREFIX}%%')) AS text) AS text
+      FROM finished f
 ), notified AS (
-    SELECT pg_notify('{DONE_CHANNEL}', id) FROM finished
+    SELECT pg_notify('{DONE_CHANNEL}', CASE WHEN octet_length(a.text) < {NOTIFY_MAX} THEN a.text ELSE a.id END)
+      FROM announced a
 )
 SELECT f.id, f.parent_id, (SELECT count(*) FROM notified) AS notified,
        ARRAY(SELECT d.id FROM jobs d WHERE d.status = '{S.QUEUED.value}' AND json_array_length(d.depends_on) > 0
@@ -349,8 +387,8 @@ def finish_cpu(conn: Connection, job_id: str, to: Status, *, owner: str, fence: 
     return (rows[0]["parent_id"], list(rows[0]["dependents"] or [])) if rows else None
 
 
-def notify_done(session: Session, job_id: str) -> None:
-    """Announce a terminal status on DONE_CHANNEL (PostgreSQL; sent at the caller's commit). Waiters
-    (`Client.wait`) wake on it; on SQLite they poll."""
+def notify_done(session: Session, job_id: str, what: str = "") -> None:
+    """Announce a terminal status (or, `what` = REOPENED, its undoing) on DONE_CHANNEL (PostgreSQL; sent at the
+    caller's commit). Waiters (`Client.wait`) wake on it and read the job; on SQLite they poll."""
     if one_statement_path(session):
-        session.execute(select(func.pg_notify(DONE_CHANNEL, job_id)))
+        session.execute(select(func.pg_notify(DONE_CHANNEL, f"{job_id} {what}" if what else job_id)))

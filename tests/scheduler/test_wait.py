@@ -178,3 +178,30 @@ def test_threads_sharing_a_client_each_get_their_own_job(settings):
         t.join(60)
     assert not errors, errors
     assert got == {k: "SUCCEEDED" for k in range(4)}
+
+
+def test_ends_announced_together_reach_every_waiter(pg_settings):
+    """Several ends committed at once arrive in one packet. Each reaches its waiter: the listener takes every note
+    of the packet (psycopg drops the rest of a packet when its `notifies()` is left early), so the second
+    waiter wakes at once, not at its next poll. Control: the ends are really sent in one packet here."""
+    from bench.bench_platform import connect
+    from scheduler import states
+
+    ids = ["aaaa00000001", "aaaa00000002", "aaaa00000003"]
+    probe = connect(pg_settings.db_url, autocommit=True)
+    probe.execute(f"LISTEN {states.DONE_CHANNEL}")
+    listener = J.done_listener(pg_settings)
+    listener.watch(ids)
+    with connect(pg_settings.db_url) as tx:  # one transaction: its notes go out together at its commit
+        for i in ids:
+            tx.execute("SELECT pg_notify(%s, %s)", (states.DONE_CHANNEL, i))
+    for note in probe.notifies(timeout=2.0):  # control: leaving the generator early loses the packet's rest
+        assert note.payload == ids[0]
+        break
+    assert [n.payload for n in probe.notifies(timeout=0.5)] == []
+    probe.close()
+    t0 = time.monotonic()
+    assert listener.wait({ids[0]}, 5.0) == {ids[0]}
+    assert listener.wait({ids[1]}, 5.0) == {ids[1]} and listener.wait({ids[2]}, 5.0) == {ids[2]}
+    assert time.monotonic() - t0 < 1.0
+    listener.close()
