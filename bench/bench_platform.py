@@ -145,6 +145,50 @@ def _round_trip(svc: Services, n: int, rounds: int) -> list[dict]:
     ]
 
 
+def _announcement(svc: Services, block: int, rounds: int) -> list[dict]:
+    """What the finish's announcement saves: one medgan stack, the same client, blocks of `block` round trips
+    in turn with the wait taking the job from the announcement (as shipped), reading it instead (the listener
+    told to have none: the wait before the announcement), and reading it again (the control: a ratio of two
+    identical arms, which shows the harness's own noise). Ratio: the median over rounds of each arm's p50 over
+    the reading arm's p50 of the same round."""
+    from scheduler.client import Client
+    from scheduler.settings import get_settings
+
+    env = svc.medgan_env("ann", DB_MEDGAN)
+    apply_env(env)
+    client = Client(get_settings())
+
+    def p50(read: bool) -> float:
+        times = []
+        for _ in range(block):
+            t0 = time.perf_counter()
+            job_id = client.submit("noop")["id"]
+            listener = client._listener if read else None
+            if listener is not None:
+                listener.announcement = lambda _id: None  # none kept: the wait reads the job
+            try:
+                _wait_succeeded(client, job_id)
+            finally:
+                if listener is not None:
+                    del listener.announcement  # the class's again
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with medgan_worker(env, svc.tmp / "ann-medgan.log", "--concurrency", "1"):
+        for _ in range(WARMUP):
+            p50(False)
+        got = alternate({"announced": lambda: p50(False), "read": lambda: p50(True),
+                         "read again": lambda: p50(True)}, rounds)
+    ratio = {arm: statistics.median(a / b for a, b in zip(got[arm], got["read"])) for arm in ("announced", "read again")}
+    return [{"name": "wait with the finish's announcement vs reading the job", "value": round(ratio["announced"], 3),
+             "unit": "x", "baseline": round(ratio["read again"], 3),
+             "note": f"round trip p50 (Client.submit, then Client.wait) of one medgan stack, blocks of {block} in "
+                     f"turn for {rounds} rounds: the wait taking the job from the finish's NOTIFY (as shipped) vs "
+                     f"the same wait reading the job on its LISTEN connection; value: the median of the per-round "
+                     f"ratios; baseline: the control, the reading arm against itself (a second reading arm); "
+                     f"per-round p50s announced {_ms(got['announced'])}, read {_ms(got['read'])} ms"}]
+
+
 COMMIT_PROBES = 200
 
 
@@ -490,6 +534,7 @@ def run(quick: bool = False) -> list[dict]:
         apply_env(svc.medgan_env("migrate", DB_MEDGAN))
         migrate.upgrade(get_settings())
         rows += _round_trip(svc, n_rt, 2 if quick else RT_ROUNDS)
+        rows += _announcement(svc, 25, 4 if quick else 20)
         rows += _drain(svc, n_drain, rounds)
         _drain_floor(rows)
         rows += _submission(svc, n_bulk, n_single, rounds)
