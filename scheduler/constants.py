@@ -17,6 +17,9 @@ QUEUES = {
     "evaluate": QUEUE_EVALUATE,
     "script": QUEUE_SCRIPT,
 }
+# The metric rows of what a job's science read: worker.subproc writes them, jobs.get_job and the finish's
+# announcement (states.FINISH_CPU_SQL) read them.
+READ_PREFIX = "read."
 TASK_NAMES = {kind: f"medgan.run_{kind}" for kind in (*QUEUES, "noop")}  # noop: overhead probe
 
 # Priorities: 0 is most urgent (Redis `queue_order_strategy='priority'` semantics), 9 least.

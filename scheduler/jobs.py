@@ -685,7 +685,7 @@ def _job_read(dialect: str) -> Any:
     events = select(agg(shape(JobEvent.__table__, states.EVENT_JSON), type_=JSON)) \
         .where(JobEvent.job_id == Job.id).scalar_subquery()
     read = select(agg(shape(MetricPoint.__table__, states.READ_JSON), type_=JSON)) \
-        .where(MetricPoint.job_id == Job.id, MetricPoint.name.like(f"{states.READ_PREFIX}%")).scalar_subquery()
+        .where(MetricPoint.job_id == Job.id, MetricPoint.name.like(f"{C.READ_PREFIX}%")).scalar_subquery()
     return select(Job.__table__, events.label("events_"), read.label("read_")).where(Job.id == bindparam("id"))
 
 
@@ -702,7 +702,7 @@ def _read_summary(rows: Sequence[tuple[str, float]]) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"files_read": 0, "images": 0, "skipped": {}}
     for name, value in rows:
-        key = name[len("read."):]
+        key = name[len(C.READ_PREFIX):]
         if key.startswith("skipped."):
             out["skipped"][key[len("skipped."):]] = int(value)
         elif key in ("files_read", "images"):

@@ -282,7 +282,6 @@ NOTIFY_MAX = 8000  # PostgreSQL refuses a NOTIFY payload of this many bytes or m
 EVENT_JSON = (("n", "id"), ("at", "at"), ("from", "from_status"), ("to", "to_status"), ("actor", "actor"),
               ("reason", "reason"))
 READ_JSON = (("n", "id"), ("name", "name"), ("value", "value"))
-READ_PREFIX = "read."
 
 
 def _json_object_sql(pairs: tuple[tuple[str, str], ...], alias: str) -> str:
@@ -338,7 +337,7 @@ WITH finished AS (
                               SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = f.id
                               UNION ALL SELECT {_EVENT_COLUMNS} FROM finish_event) e),
                'read_', (SELECT json_agg({_json_object_sql(READ_JSON, "m")}) FROM metrics m
-                          WHERE m.job_id = f.id AND m.name LIKE '{READ_PREFIX}%%')) AS text) AS text
+                          WHERE m.job_id = f.id AND m.name LIKE '{C.READ_PREFIX}%%')) AS text) AS text
       FROM finished f
 ), notified AS (
     SELECT pg_notify('{DONE_CHANNEL}', CASE WHEN octet_length(a.text) < {NOTIFY_MAX} THEN a.text ELSE a.id END)

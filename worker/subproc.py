@@ -128,9 +128,9 @@ def record_read_report(run: JobRun, path: Path) -> None:
     except ValueError:
         return
     for name in ("files_read", "images", "skipped_total"):
-        run.metric(f"read.{name}", float(report.get(name, 0)))
+        run.metric(f"{C.READ_PREFIX}{name}", float(report.get(name, 0)))
     for reason, count in sorted(report.get("skipped", {}).items()):
-        run.metric(f"read.skipped.{reason}", float(count))
+        run.metric(f"{C.READ_PREFIX}skipped.{reason}", float(count))
     run.upload(path, f"{run.prefix}/read.json", "summary")
 
 
