@@ -4,7 +4,7 @@ Every benchmark that needs Redis or PostgreSQL takes them from `services()`: a r
 free port (nothing on disk, stopped afterwards) and a PostgreSQL database with a unique name that it creates
 and drops. The machine's shared Redis (127.0.0.1:6379) and every existing database are never connected to,
 flushed or written: the only connection to an existing database is the maintenance one that issues
-CREATE/DROP DATABASE for the benchmark's own name. tests/scheduler/test_bench_safety.py checks this.
+CREATE/DROP DATABASE for the benchmark's own name. tests/integration/test_bench_safety.py checks this.
 """
 
 from __future__ import annotations
